@@ -1,0 +1,338 @@
+"""Builds every part from the config, wires them together, and owns their lifecycle.
+
+Start order: data dir, metrics, upstream client, proxy, health prober, admin
+listener. Stop order (SIGTERM/SIGINT): mark not ready, stop accepting, let
+in-flight requests finish within `proxy.drain_timeout`, cancel what is left,
+then stop the prober, the upstream client and the admin listener last, so
+`/-/ready` reports the drain while it happens. A second SIGTERM/SIGINT cuts
+the drain short. SIGHUP reloads the config: settings that can change live do,
+and the log names those that need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sidecar.config import Config, ConfigError, KeyPath, ListenAddress, effective_config, load_config
+from sidecar.exchange import Exchange, HealthResult
+from sidecar.logs import AccessLog, LogPipeline
+from sidecar.observe import Broadcast
+from sidecar.proxy.handler import ProxyHandler, ProxySettings
+from sidecar.proxy.health import HealthProber
+from sidecar.proxy.server import ParserLimits, ProxyServer
+from sidecar.proxy.upstream import create_upstream_session
+from sidecar.telemetry.admin import create_admin_app
+from sidecar.telemetry.metrics import ExchangeMetrics, HealthMetrics, LiveGauges, register_build_info
+
+logger = logging.getLogger(__name__)
+
+# Keys whose new value only takes effect after a restart: they are bound into
+# listening sockets, the connection pool or the event loop at start.
+RESTART_REQUIRED = (
+    "data_dir",
+    "proxy.listen",
+    "admin.listen",
+    "upstream.url",
+    "upstream.max_connections",
+    "upstream.keepalive_timeout",
+    "runtime.event_loop",
+)
+
+# After the drain, handlers still running get this long to unwind once cancelled.
+_CANCEL_GRACE_S = 1.0
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message says what to change."""
+
+
+class ConfigSource:
+    """Where the config came from, so that SIGHUP can read it again the same way."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        flags: Mapping[KeyPath, Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.env = env
+        self.flags = dict(flags or {})
+
+    def load(self) -> Config:
+        return load_config(self.path, env=self.env, flags=self.flags)
+
+
+class Sidecar:
+    """The running sidecar: every part, built from one Config."""
+
+    def __init__(self, config: Config, source: ConfigSource | None = None, logs: LogPipeline | None = None) -> None:
+        self.config = config
+        self._source = source
+        self._logs = logs
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.exchanges: Broadcast[Exchange] = Broadcast("exchanges")
+        self.health_results: Broadcast[HealthResult] = Broadcast("health")
+        self._access_log = AccessLog(config.log.access_log)
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: ProxyHandler | None = None
+        self._proxy_server: ProxyServer | None = None
+        self._proxy_runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._prober: HealthProber | None = None
+        self._stop_requested = asyncio.Event()
+        self._cut_drain_short = asyncio.Event()
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self.proxy_address: ListenAddress | None = None
+        self.admin_address: ListenAddress | None = None
+
+    # --- wiring -------------------------------------------------------------
+
+    @property
+    def proxy(self) -> ProxyHandler:
+        if self._proxy is None:
+            raise RuntimeError("the sidecar has not been started")
+        return self._proxy
+
+    def _prepare_data_dir(self) -> None:
+        data_dir = self.config.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"data_dir: cannot create {data_dir}: {exc.strerror}") from None
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise StartupError(f"data_dir: {data_dir} is not writable by this user")
+
+    def _data_dir_not_ready(self) -> str | None:
+        if os.access(self.config.data_dir, os.W_OK | os.X_OK):
+            return None
+        return f"data dir {self.config.data_dir} is not writable"
+
+    def _not_draining(self) -> str | None:
+        return "draining for shutdown" if self._proxy is not None and self._proxy.draining else None
+
+    async def start(self) -> None:
+        config = self.config
+        self._prepare_data_dir()
+        register_build_info(self.registry)
+        self.exchanges.subscribe("metrics", ExchangeMetrics(self.registry))
+        self.exchanges.subscribe("access_log", self._access_log)
+        self.health_results.subscribe("metrics", HealthMetrics(self.registry))
+
+        self._session = create_upstream_session(config.upstream)
+        self._proxy = ProxyHandler(ProxySettings.from_config(config), self._session, self.exchanges.publish)
+        self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
+        proxy = self._proxy
+        self.registry.register(
+            LiveGauges(
+                active_requests=lambda: proxy.active_requests,
+                draining=lambda: proxy.draining,
+                observer_failures=lambda: {
+                    f"{broadcast.name}/{name}": count
+                    for broadcast in (self.exchanges, self.health_results)
+                    for name, count in broadcast.failures().items()
+                },
+            )
+        )
+        self._proxy_server = ProxyServer(
+            proxy,
+            limits=_parser_limits(config),
+            on_rejected=proxy.reject_unparsable,
+        )
+        self._proxy_runner = web.ServerRunner(self._proxy_server, handle_signals=False, shutdown_timeout=_CANCEL_GRACE_S)
+        await self._proxy_runner.setup()
+        self.proxy_address = await _listen(self._proxy_runner, config.proxy.listen, "proxy.listen")
+
+        admin_app = create_admin_app(
+            self.registry,
+            {
+                "upstream": self._prober.not_ready_reason,
+                "data_dir": self._data_dir_not_ready,
+                "shutdown": self._not_draining,
+            },
+        )
+        self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._admin_runner.setup()
+        self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen")
+        self._prober.start()
+        logger.info(
+            "sidecar started",
+            extra={
+                "proxy": str(self.proxy_address),
+                "admin": str(self.admin_address),
+                "upstream": str(config.upstream.url),
+                "pid": os.getpid(),
+            },
+        )
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call starts a graceful drain; a second one cuts the drain short."""
+        if self._stop_requested.is_set():
+            logger.warning("second stop signal: cutting the drain short")
+            self._cut_drain_short.set()
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        proxy = self._proxy
+        if proxy is not None:
+            proxy.start_draining()
+            in_flight = proxy.active_requests
+            logger.info(
+                "draining",
+                extra={"in_flight": in_flight, "drain_timeout_s": self.config.proxy.drain_timeout},
+            )
+        if self._proxy_runner is not None:
+            # Stop accepting, and close keep-alive connections that sit idle.
+            for site in list(self._proxy_runner.sites):
+                await site.stop()
+            if self._proxy_server is not None:
+                self._proxy_server.pre_shutdown()
+        if proxy is not None:
+            drained = await self._drain(proxy)
+            if not drained:
+                logger.warning(
+                    "drain timeout: cancelling requests still in flight",
+                    extra={"in_flight": proxy.active_requests},
+                )
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+        for task in list(self._reloads):
+            task.cancel()
+        if self._prober is not None:
+            await self._prober.stop()
+        if self._session is not None:
+            await self._session.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        logger.info("sidecar stopped")
+
+    async def _drain(self, proxy: ProxyHandler) -> bool:
+        idle = asyncio.ensure_future(proxy.wait_idle(self.config.proxy.drain_timeout))
+        cut = asyncio.ensure_future(self._cut_drain_short.wait())
+        await asyncio.wait((idle, cut), return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        if not idle.done():
+            idle.cancel()
+            return False
+        return idle.result()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully. SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
+            await self._stop_requested.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            # A signal during the drain still cuts it short.
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            try:
+                await self.stop()
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+                loop.remove_signal_handler(signal.SIGINT)
+
+    # --- reload -------------------------------------------------------------
+
+    def _schedule_reload(self) -> None:
+        task = asyncio.create_task(self.reload(), name="config-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply what can change live. False if the new config is invalid."""
+        if self._source is None:
+            logger.warning("reload requested, but the config was not loaded from a source")
+            return False
+        try:
+            new = self._source.load()
+        except ConfigError as exc:
+            logger.error("config reload failed; keeping the running config", extra={"problems": exc.problems})
+            return False
+        changed = _changed_keys(self.config, new)
+        needs_restart = [key for key in changed if key.startswith(RESTART_REQUIRED)]
+        self.apply_live(new)
+        logger.info("config reloaded", extra={"changed": changed})
+        if needs_restart:
+            logger.warning(
+                "these settings changed but take effect only after a restart",
+                extra={"restart_required": needs_restart},
+            )
+        return True
+
+    def apply_live(self, new: Config) -> None:
+        """Switch every live-changeable part to `new`; the rest keeps running as started."""
+        self.config = new
+        if self._proxy is not None:
+            # One reference swap: a request reads its settings once, so none sees a mix.
+            self._proxy.settings = ProxySettings.from_config(new)
+        if self._proxy_server is not None:
+            self._proxy_server.limits = _parser_limits(new)
+        if self._prober is not None:
+            self._prober.reconfigure(new.upstream)
+            self._prober.start()
+        self._access_log.enabled = new.log.access_log
+        if self._logs is not None:
+            self._logs.configure(new.log.level, new.log.format)
+
+
+def _parser_limits(config: Config) -> ParserLimits:
+    return ParserLimits(
+        max_url_bytes=int(config.proxy.max_url_bytes),
+        max_header_bytes=int(config.proxy.max_header_bytes),
+        max_header_count=config.proxy.max_header_count,
+    )
+
+
+async def _listen(runner: web.BaseRunner, address: ListenAddress, key: str) -> ListenAddress:
+    site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"{key}: cannot listen on {address}: {reason}") from None
+    host, port = runner.addresses[-1][:2]
+    return ListenAddress(host, port)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    before, after = _flatten(effective_config(old)), _flatten(effective_config(new))
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+async def serve(config: Config, source: ConfigSource | None = None, logs: LogPipeline | None = None) -> None:
+    """Run the sidecar until it is told to stop."""
+    await Sidecar(config, source, logs).run()

@@ -1,0 +1,132 @@
+"""The `sidecar` command.
+
+Exit codes: 0 success, 1 the sidecar failed at run time, 2 bad usage or an
+invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sidecar import __version__
+from sidecar.config import ENV_CONFIG_FILE, Config, ConfigError, KeyPath, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Proxy, tracing, GPU metrics, audit and alerting beside a local GPU model server.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run the sidecar in front of a model server")
+    run.add_argument(
+        "--config", metavar="FILE", help=f"YAML config file (default: ${ENV_CONFIG_FILE}, else built-in defaults)"
+    )
+    run.add_argument("--upstream", metavar="URL", help="model server: http://HOST:PORT or unix:/path.sock")
+    run.add_argument("--listen", metavar="HOST:PORT", help="proxy listen address")
+    run.add_argument("--admin-listen", metavar="HOST:PORT", help="admin (metrics, health) listen address")
+    run.add_argument("--data-dir", metavar="DIR", help="directory for the sidecar's state")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--no-env", action="store_true", help="ignore SIDECAR_* environment variables (check the file alone)"
+    )
+    check.set_defaults(handler=_check_config)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=_version)
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[KeyPath, Any]:
+    given = {
+        ("upstream", "url"): args.upstream,
+        ("proxy", "listen"): args.listen,
+        ("admin", "listen"): args.admin_listen,
+        ("data_dir",): args.data_dir,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _print_problems(problems: list[str]) -> None:
+    print(f"invalid configuration ({len(problems)} problem{'s' if len(problems) != 1 else ''}):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sidecar.app import ConfigSource, StartupError, serve
+    from sidecar.logs import LogPipeline
+
+    source = ConfigSource(args.config or os.environ.get(ENV_CONFIG_FILE), flags=_flags(args))
+    try:
+        config = source.load()
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return EXIT_USAGE
+    logs = LogPipeline(config.log.level, config.log.format)
+    logs.start()
+    try:
+        _event_loop_runner(config)(serve(config, source, logs))
+    except StartupError as exc:
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        logs.stop()
+    return EXIT_OK
+
+
+def _event_loop_runner(config: Config) -> Callable[[Any], Any]:
+    choice = config.runtime.event_loop
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit(
+                    "runtime.event_loop is 'uvloop' but uvloop is not installed "
+                    "(pip install 'inference-sidecar[speed]')"
+                ) from None
+        else:
+            return lambda coro: asyncio.Runner(loop_factory=uvloop.new_event_loop).run(coro)
+    return asyncio.run
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file, env={} if args.no_env else None)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return EXIT_USAGE
+    print(f"{args.file}: OK: {config.summary()}")
+    return EXIT_OK
+
+
+def _version(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    print(f"inference-sidecar {__version__} (Python {platform.python_version()}, aiohttp {aiohttp.__version__})")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,537 @@
+"""One typed configuration: YAML file, then environment, then command-line flags.
+
+Precedence, lowest first: built-in defaults, the YAML file, environment
+variables, command-line flags. Environment variables are named after the key
+path: `SIDECAR_` + the path's keys joined by `__`, in upper case, e.g.
+`SIDECAR_UPSTREAM__URL` sets `upstream.url` and `SIDECAR_DATA_DIR` sets
+`data_dir`. `SIDECAR_CONFIG` names the file and is not a key.
+
+Every error names where the bad value came from (`file:line:column`, the
+environment variable or the flag), its key path, the value, and what was
+expected. Unknown keys are errors, with the valid keys listed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+ENV_PREFIX = "SIDECAR_"
+ENV_CONFIG_FILE = "SIDECAR_CONFIG"
+
+KeyPath = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds one readable line per error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- value types -----------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_EXPECTED = "a duration such as 500ms, 5s, 2m, 1h30m or a number of seconds"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Prometheus-style duration string ("1h30m", "250ms")."""
+    if isinstance(value, bool):
+        raise ValueError(_DURATION_EXPECTED)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            position, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != position:
+                    break
+                seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+                position = match.end()
+            if position != len(text) or not text:
+                raise ValueError(_DURATION_EXPECTED) from None
+    else:
+        raise ValueError(_DURATION_EXPECTED)
+    if seconds < 0:
+        raise ValueError("a duration that is not negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string that parse_duration reads back to the same value."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1 or seconds != int(seconds):
+        return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+    remaining, text = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if remaining >= size:
+            text += f"{remaining // size}{unit}"
+            remaining %= size
+    return text
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+
+_LISTEN_EXPECTED = "HOST:PORT such as 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+
+
+def parse_listen_address(value: object) -> ListenAddress:
+    if isinstance(value, ListenAddress):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(_LISTEN_EXPECTED)
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+    if not match:
+        raise ValueError(_LISTEN_EXPECTED)
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError("a port between 0 and 65535")
+    return ListenAddress(host, port)
+
+
+ListenAddressField = Annotated[
+    ListenAddress, BeforeValidator(parse_listen_address), PlainSerializer(str, return_type=str)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """Where the model server listens: a TCP origin (with optional base path) or a Unix socket."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int | None
+    base_path: str
+    unix_socket: str | None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def authority(self) -> str:
+        """The value a Host header naming the upstream carries."""
+        if self.unix_socket is not None:
+            return "localhost"
+        default_port = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port in (None, default_port) else f"{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """scheme://authority, the prefix of every upstream request URL."""
+        return f"{self.scheme}://{self.authority}"
+
+
+_UPSTREAM_EXPECTED = (
+    "http://HOST:PORT (optionally with a base path), https://HOST:PORT or unix:/path/to.sock"
+)
+
+
+def parse_upstream_address(value: object) -> UpstreamAddress:
+    if isinstance(value, UpstreamAddress):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(_UPSTREAM_EXPECTED)
+    text = value.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError("unix:/absolute/path/to.sock")
+        return UpstreamAddress(text, "http", "localhost", None, "", path)
+    match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]\s?#]+)(?::(\d+))?(/[^?#\s]*)?", text)
+    if not match:
+        raise ValueError(_UPSTREAM_EXPECTED)
+    scheme, host, port, path = match.groups()
+    port_number = int(port) if port else None
+    if port_number is not None and not 0 < port_number <= 65535:
+        raise ValueError("a port between 1 and 65535")
+    return UpstreamAddress(
+        text, scheme, host.strip("[]"), port_number, (path or "").rstrip("/"), None
+    )
+
+
+UpstreamAddressField = Annotated[
+    UpstreamAddress, BeforeValidator(parse_upstream_address), PlainSerializer(str, return_type=str)
+]
+
+
+def _byte_size_serializer(value: int) -> str | int:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value and value % size == 0:
+            return f"{value // size}{unit}"
+    return value
+
+
+Bytes = Annotated[ByteSize, PlainSerializer(_byte_size_serializer)]
+
+
+def _url_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("a URL path starting with '/'")
+    return value
+
+
+UrlPath = Annotated[str, BeforeValidator(_url_path)]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "inference-sidecar"
+
+
+# --- sections ---------------------------------------------------------------
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class HealthCheckConfig(Section):
+    """Active probe of the upstream; its state gates `/-/ready`."""
+
+    enabled: bool = True
+    path: UrlPath = "/health"
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 2.0
+    unhealthy_threshold: int = Field(3, ge=1, le=1000)
+    """Consecutive failed probes that mark a healthy upstream down."""
+    healthy_threshold: int = Field(2, ge=1, le=1000)
+    """Consecutive successful probes that mark a down upstream up again."""
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheckConfig:
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"health.timeout ({format_duration(self.timeout)}) must not exceed "
+                f"health.interval ({format_duration(self.interval)})"
+            )
+        return self
+
+
+class UpstreamConfig(Section):
+    url: UpstreamAddressField = "http://127.0.0.1:8000"  # type: ignore[assignment]
+    host_header: Literal["upstream", "client"] = "upstream"
+    """Host sent upstream: the upstream's own authority, or the client's Host unchanged."""
+    connect_timeout: PositiveDuration = 5.0
+    """Waiting for a pooled connection plus TCP/Unix connect."""
+    response_start_timeout: PositiveDuration = 600.0
+    """Request sent until response headers arrive; long because LLM prefill and queueing take minutes."""
+    idle_timeout: PositiveDuration = 120.0
+    """Longest silence allowed between two response chunks once the response has started."""
+    max_connections: int = Field(1024, ge=1)
+    keepalive_timeout: PositiveDuration = 4.0
+    """Idle pooled connections are closed after this. Keep it below the upstream's own
+    keep-alive (uvicorn, used by vLLM and SGLang, closes after 5 s) so a request is never
+    written onto a connection the upstream is closing."""
+    health: HealthCheckConfig = HealthCheckConfig()
+
+
+class ForwardedHeadersConfig(Section):
+    enabled: bool = True
+    """Set X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host on upstream requests."""
+    trust_incoming: bool = False
+    """Append to X-Forwarded-* sent by the client (only behind a trusted load balancer);
+    otherwise replace them, so a client cannot forge its address."""
+
+
+class ProxyConfig(Section):
+    listen: ListenAddressField = "127.0.0.1:8080"  # type: ignore[assignment]
+    max_request_body: Bytes = Field("64MiB", ge=0)  # type: ignore[assignment]
+    """Larger request bodies get 413 (vision requests carry base64 images: keep it generous)."""
+    max_header_bytes: Bytes = Field("32KiB", ge=1024)  # type: ignore[assignment]
+    """Total size of the request's header lines; larger gets 431."""
+    max_header_count: int = Field(100, ge=1, le=10000)
+    max_url_bytes: Bytes = Field("8KiB", ge=256)  # type: ignore[assignment]
+    """Longest request target (path and query); longer gets 414."""
+    drain_timeout: Duration = 30.0
+    """On SIGTERM, how long in-flight requests (streams included) may take to finish."""
+    request_id_header: str = "x-request-id"
+    """Kept from the client when sane, generated otherwise, sent upstream and echoed back.
+    Empty disables it."""
+    forwarded: ForwardedHeadersConfig = ForwardedHeadersConfig()
+
+
+class AdminConfig(Section):
+    listen: ListenAddressField = "127.0.0.1:9180"  # type: ignore[assignment]
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+    """auto: readable text on a terminal, JSON lines otherwise."""
+    access_log: bool = False
+    """One JSON line per exchange on the `sidecar.access` logger."""
+
+
+class RuntimeConfig(Section):
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """auto uses uvloop when it is installed."""
+
+
+class Config(Section):
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Where the sidecar keeps its state (audit spool and files, rule state)."""
+    upstream: UpstreamConfig = UpstreamConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def summary(self) -> str:
+        health = self.upstream.health
+        probe = (
+            f"health {health.path} every {format_duration(health.interval)}"
+            if health.enabled
+            else "health checks off"
+        )
+        return (
+            f"upstream {self.upstream.url}, proxy {self.proxy.listen}, admin {self.admin.listen}, "
+            f"data dir {self.data_dir}, {probe}"
+        )
+
+
+# --- loading ----------------------------------------------------------------
+
+
+@dataclass
+class _Layers:
+    """The merged raw values and, for every key path, where its value came from."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origins: dict[KeyPath, str] = field(default_factory=dict)
+
+    def set(self, path: KeyPath, value: Any, origin: str) -> None:
+        node = self.data
+        for depth, key in enumerate(path[:-1]):
+            child = node.get(key)  # type: ignore[call-overload]
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child  # type: ignore[index]
+                self.origins.setdefault(path[: depth + 1], origin)
+            node = child
+        node[path[-1]] = value  # type: ignore[index]
+        # A value set from a new source replaces everything below it.
+        for known in [p for p in self.origins if p[: len(path)] == path]:
+            del self.origins[known]
+        self.origins[path] = origin
+        self._record_nested_origins(path, value, origin)
+
+    def _record_nested_origins(self, path: KeyPath, value: Any, origin: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                self.origins[path + (key,)] = origin
+                self._record_nested_origins(path + (key,), child, origin)
+
+    def origin_of(self, path: KeyPath) -> str | None:
+        for length in range(len(path), 0, -1):
+            if path[:length] in self.origins:
+                return self.origins[path[:length]]
+        return None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[KeyPath, Any] | None = None,
+) -> Config:
+    """Build the effective config; raise ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    layers = _Layers()
+    problems: list[str] = []
+    if path is not None:
+        _read_yaml_file(Path(path), layers, problems)
+    _apply_env(env, layers)
+    for key_path, value in (flags or {}).items():
+        layers.set(key_path, value, f"flag --{_flag_name(key_path)}")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Config.model_validate(layers.data)
+    except ValidationError as exc:
+        raise ConfigError([_describe_error(error, layers) for error in exc.errors()]) from None
+
+
+def _flag_name(key_path: KeyPath) -> str:
+    return {
+        ("upstream", "url"): "upstream",
+        ("proxy", "listen"): "listen",
+        ("admin", "listen"): "admin-listen",
+        ("data_dir",): "data-dir",
+    }.get(key_path, ".".join(map(str, key_path)))
+
+
+def _read_yaml_file(path: Path, layers: _Layers, problems: list[str]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problems.append(f"{path}: config file not found")
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read config file: {exc}")
+        return
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: not valid YAML: {exc}")
+        return
+    if node is None:
+        return
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(f"{_mark(path, node)}: expected a mapping of keys at the top level")
+        return
+    data = _construct_with_origins(node, path, (), layers.origins, problems)
+    for key, value in data.items():
+        layers.data[key] = value
+
+
+def _mark(path: Path, node: yaml.Node) -> str:
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _construct_with_origins(
+    node: yaml.Node,
+    path: Path,
+    key_path: KeyPath,
+    origins: dict[KeyPath, str],
+    problems: list[str],
+) -> Any:
+    """Turn a composed YAML node into plain values, noting each key's line and column.
+
+    Duplicate keys are errors: PyYAML would silently keep the last one, and a
+    setting that is not the one the operator reads in the file is a trap.
+    """
+    constructor = yaml.SafeLoader("")
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True)
+            child_path = key_path + (key,)
+            if key in result:
+                problems.append(
+                    f"{_mark(path, key_node)}: {_dotted(child_path)}: key appears twice; "
+                    "expected each key once"
+                )
+                continue
+            origins[child_path] = _mark(path, value_node)
+            result[key] = _construct_with_origins(value_node, path, child_path, origins, problems)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item_node in enumerate(node.value):
+            origins[key_path + (index,)] = _mark(path, item_node)
+            items.append(_construct_with_origins(item_node, path, key_path + (index,), origins, problems))
+        return items
+    return constructor.construct_object(node, deep=True)
+
+
+def _apply_env(env: Mapping[str, str], layers: _Layers) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        key_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if not all(key_path):
+            continue
+        layers.set(key_path, _env_value(env[name]), f"environment variable {name}")
+
+
+def _env_value(raw: str) -> Any:
+    # Scalars stay strings (pydantic turns "5" into 5 and "true" into True where
+    # the key wants it); only flow collections are parsed, so that lists and
+    # mappings can be set from the environment without YAML 1.1's "on"/"no" traps.
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return raw
+    return raw
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "(top level)"
+
+
+def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
+    loc: KeyPath = tuple(k for k in error["loc"] if not (isinstance(k, str) and k.startswith("function-")))
+    origin = layers.origin_of(loc) or "default"
+    where = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        return f"{origin}: {where}: unknown key; {_expected_keys(loc)}"
+    if error["type"] == "missing":
+        return f"{origin}: {where}: required key is missing"
+    message = str(error["msg"])
+    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
+    message = re.sub(r"^Input should be ", "expected ", message)
+    if not message.startswith("expected"):
+        lower_first = message[1:2].islower()
+        message = f"expected {message[:1].lower() if lower_first else message[:1]}{message[1:]}"
+    value = error.get("input")
+    got = "" if isinstance(value, dict) else f"got {value!r}; "
+    return f"{origin}: {where}: {got}{message}"
+
+
+def _expected_keys(loc: KeyPath) -> str:
+    model: type[BaseModel] = Config
+    for key in loc[:-1]:
+        field_info = model.model_fields.get(str(key))
+        annotation = field_info.annotation if field_info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "this key is not a section"
+        model = annotation
+    valid = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"expected one of: {', '.join(valid)}{hint}"
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The config as plain JSON-able values, in the units an operator writes."""
+    return config.model_dump(mode="json")

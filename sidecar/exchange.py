@@ -1,0 +1,127 @@
+"""The records every part of the sidecar speaks.
+
+One record type per fact: an `Exchange` is one finished request/response, a
+`HealthResult` is one upstream health probe. They are built once, never
+mutated, and handed to observers (metrics, rules, audit). This module imports
+nothing from the package so that every part can depend on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Outcome(enum.StrEnum):
+    """How an exchange ended, from the sidecar's point of view.
+
+    The HTTP status says what the client was told; the outcome says why. It is
+    a small closed set so that it can be a metric label.
+    """
+
+    COMPLETED = "completed"
+    """The upstream answered and the whole response reached the client."""
+    CLIENT_CLOSED = "client_closed"
+    """The client went away before the response was complete (nginx's 499)."""
+    REJECTED = "rejected"
+    """The sidecar refused the request itself (a limit, a malformed request)."""
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    """No connection to the upstream could be made (502)."""
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    """The upstream did not answer, or stalled mid-answer, past a timeout."""
+    UPSTREAM_ERROR = "upstream_error"
+    """The upstream broke the protocol or closed mid-answer."""
+    ABORTED = "aborted"
+    """The sidecar cut the exchange short itself (drain timeout at shutdown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made the request. Anonymous until authentication is configured."""
+
+    tenant: str | None = None
+    user: str | None = None
+    tier: str | None = None
+    auth_method: str = "none"
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.auth_method == "none"
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request through the proxy and how it ended.
+
+    Durations are seconds on a monotonic clock, measured from the moment the
+    sidecar began handling the request; `started_at` is the wall-clock time of
+    that moment (Unix seconds, UTC), for records that must be placed in time.
+    """
+
+    request_id: str
+    started_at: float
+    # Request, as the client sent it.
+    method: str
+    path: str
+    query: str
+    scheme: str
+    host: str
+    http_version: str
+    client_address: str | None
+    user_agent: str | None
+    request_content_type: str | None
+    request_body_bytes: int
+    # Response, as the client received it.
+    status: int
+    response_content_type: str | None
+    response_body_bytes: int
+    response_chunks: int
+    # How it ended.
+    outcome: Outcome
+    error_type: str | None
+    error_message: str | None
+    # Timings (seconds since the sidecar started handling the request).
+    duration_s: float
+    upstream_response_start_s: float | None
+    """Response headers received from the upstream; None if none arrived."""
+    first_byte_s: float | None
+    """First response byte written to the client; None if none was."""
+    # Upstream.
+    upstream: str
+    upstream_status: int | None
+    # Who, and where in a trace.
+    principal: Principal = ANONYMOUS
+    route: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    @property
+    def is_server_error(self) -> bool:
+        """True when the exchange counts against availability: 5xx or a timeout."""
+        return self.status >= 500 or self.outcome is Outcome.UPSTREAM_TIMEOUT
+
+
+class HealthState(enum.StrEnum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    """One active health probe of the upstream and the state it left behind."""
+
+    at: float
+    """Wall-clock time of the probe (Unix seconds)."""
+    ok: bool
+    status: int | None
+    latency_s: float
+    error: str | None
+    state: HealthState
+    consecutive_successes: int
+    consecutive_failures: int
+    changed: bool
+    """True when this probe moved the state (e.g. up -> down)."""

@@ -1,0 +1,1 @@
+"""Forwarding between clients and the model server."""

@@ -1,0 +1,481 @@
+"""The request path: a client request in, an upstream request out, one Exchange.
+
+Per request the proxy checks limits, rewrites headers, streams the body to
+the upstream, and relays the response chunk by chunk as the upstream writes
+it: no response body is ever buffered whole, so SSE, NDJSON and chunked
+answers reach the client as they are produced. When the request is over, in
+every case, one immutable Exchange goes to the observers.
+
+Failure mapping (status, Exchange outcome, error type):
+- request body over the limit: 413, rejected, request_body_too_large
+- header section over the limit: 431, rejected, request_header_fields_too_large
+- upstream refuses or cannot be reached: 502, upstream_unavailable, upstream_connect_error
+- upstream connect or response start past its timeout: 504, upstream_timeout
+- upstream silent mid-response past idle_timeout: the client connection is
+  closed without the terminating chunk (a truncated body, which clients detect),
+  upstream_timeout, upstream_idle_timeout
+- client gone: upstream request cancelled and its connection closed (the model
+  server stops generating), client_closed, status 499 if no response had started
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from sidecar.config import Config
+from sidecar.exchange import ANONYMOUS, Exchange, Outcome
+from sidecar.proxy.errors import error_response
+from sidecar.proxy.headers import client_response_headers, upstream_request_headers
+
+# Request bodies with a declared length up to this size are read whole before
+# the upstream request starts: one write instead of a chunked stream, and the
+# common case (a JSON chat request) needs no generator.
+_READ_WHOLE_BELOW = 64 * 1024
+
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """What the request path reads from the config, precomputed once per (re)load."""
+
+    upstream_label: str
+    upstream_prefix: str
+    upstream_authority: str
+    pass_client_host: bool
+    client_timeout: aiohttp.ClientTimeout
+    idle_timeout: float
+    max_request_body: int
+    max_header_bytes: int
+    request_id_header: str
+    forwarded: bool
+    trust_incoming_forwarded: bool
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProxySettings:
+        upstream = config.upstream
+        return cls(
+            upstream_label=str(upstream.url),
+            upstream_prefix=upstream.url.origin + upstream.url.base_path,
+            upstream_authority=upstream.url.authority,
+            pass_client_host=upstream.host_header == "client",
+            client_timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=upstream.connect_timeout,
+                sock_connect=upstream.connect_timeout,
+                # Until response headers arrive; _relay switches the connection
+                # to idle_timeout once they have.
+                sock_read=upstream.response_start_timeout,
+            ),
+            idle_timeout=upstream.idle_timeout,
+            max_request_body=int(config.proxy.max_request_body),
+            max_header_bytes=int(config.proxy.max_header_bytes),
+            request_id_header=config.proxy.request_id_header,
+            forwarded=config.proxy.forwarded.enabled,
+            trust_incoming_forwarded=config.proxy.forwarded.trust_incoming,
+        )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Flight:
+    """Mutable facts about one request while it is in flight; frozen into an Exchange at the end."""
+
+    __slots__ = (
+        "start",
+        "started_at",
+        "request_id",
+        "request_body_bytes",
+        "status",
+        "response_content_type",
+        "response_body_bytes",
+        "response_chunks",
+        "outcome",
+        "error_type",
+        "error_message",
+        "upstream_response_start",
+        "first_byte",
+        "upstream_status",
+        "body_too_large",
+        "client_body_failed",
+        "response_started",
+    )
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.started_at = time.time()
+        self.request_id: str | None = None
+        self.request_body_bytes = 0
+        self.status = 0
+        self.response_content_type: str | None = None
+        self.response_body_bytes = 0
+        self.response_chunks = 0
+        self.outcome: Outcome | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.upstream_response_start: float | None = None
+        self.first_byte: float | None = None
+        self.upstream_status: int | None = None
+        self.body_too_large = False
+        self.client_body_failed = False
+        self.response_started = False
+
+    def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
+        if self.outcome is None:
+            self.outcome, self.error_type, self.error_message = outcome, error_type, message
+            if status is not None:
+                self.status = status
+
+    def exchange(self, request: web.BaseRequest, settings: ProxySettings) -> Exchange:
+        end = time.perf_counter()
+        start = self.start
+        headers = request.headers
+        return Exchange(
+            request_id=self.request_id or "",
+            started_at=self.started_at,
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            scheme=request.scheme,
+            host=request.host,
+            http_version=_HTTP_VERSIONS.get(tuple(request.version), "1.1"),
+            client_address=request.remote,
+            user_agent=headers.get("User-Agent"),
+            request_content_type=headers.get("Content-Type"),
+            request_body_bytes=self.request_body_bytes,
+            status=self.status,
+            response_content_type=self.response_content_type,
+            response_body_bytes=self.response_body_bytes,
+            response_chunks=self.response_chunks,
+            outcome=self.outcome or Outcome.COMPLETED,
+            error_type=self.error_type,
+            error_message=self.error_message,
+            duration_s=end - start,
+            upstream_response_start_s=(
+                None if self.upstream_response_start is None else self.upstream_response_start - start
+            ),
+            first_byte_s=None if self.first_byte is None else self.first_byte - start,
+            upstream=settings.upstream_label,
+            upstream_status=self.upstream_status,
+            principal=ANONYMOUS,
+        )
+
+
+class ProxyHandler:
+    """Forwards every request to the upstream and publishes one Exchange per request."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        session: aiohttp.ClientSession,
+        publish: Callable[[Exchange], None],
+    ) -> None:
+        self.settings = settings
+        self._session = session
+        self._publish = publish
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        """Answer every response from now on with `Connection: close`."""
+        self._draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def reject_unparsable(self, request: web.BaseRequest, status: int, error_type: str, message: str) -> None:
+        """Record a request that aiohttp's parser refused before it reached `__call__`."""
+        flight = _Flight()
+        flight.fail(Outcome.REJECTED, error_type, message, status)
+        flight.response_content_type = "application/json"
+        self._publish(flight.exchange(request, self.settings))
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        settings = self.settings
+        flight = _Flight()
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._forward(request, settings, flight)
+        except asyncio.CancelledError:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
+                if not flight.response_started:
+                    flight.status = 499
+            else:
+                flight.fail(Outcome.ABORTED, "drain_timeout", "cut short by sidecar shutdown")
+                if not flight.response_started:
+                    flight.status = 503
+            raise
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+            self._publish(flight.exchange(request, settings))
+
+    def _reject(
+        self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str
+    ) -> web.Response:
+        flight.fail(Outcome.REJECTED, error_type, message, status)
+        return self._error(flight, settings, status, error_type, message)
+
+    def _error(
+        self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str
+    ) -> web.Response:
+        flight.response_content_type = "application/json"
+        response = error_response(
+            status,
+            error_type,
+            message,
+            request_id=flight.request_id,
+            request_id_header=settings.request_id_header or None,
+        )
+        if self._draining:
+            response.force_close()
+        flight.response_body_bytes = len(response.body)  # type: ignore[arg-type]
+        flight.first_byte = time.perf_counter()
+        flight.response_started = True
+        return response
+
+    async def _forward(
+        self, request: web.BaseRequest, settings: ProxySettings, flight: _Flight
+    ) -> web.StreamResponse:
+        headers = request.headers
+        if settings.request_id_header:
+            incoming = headers.get(settings.request_id_header)
+            flight.request_id = (
+                incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+            )
+        raw_path = request.raw_path
+        if not raw_path.startswith("/"):
+            return self._reject(
+                flight, settings, 400, "bad_request", "request target must be a path (origin-form)"
+            )
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+        if header_bytes > settings.max_header_bytes:
+            return self._reject(
+                flight,
+                settings,
+                431,
+                "request_header_fields_too_large",
+                f"request headers total {header_bytes} bytes; the limit is {settings.max_header_bytes}",
+            )
+        declared_length = request.content_length
+        if declared_length is not None and declared_length > settings.max_request_body:
+            return self._reject(
+                flight,
+                settings,
+                413,
+                "request_body_too_large",
+                f"request body of {declared_length} bytes exceeds the limit of {settings.max_request_body}",
+            )
+
+        body: bytes | AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            if declared_length is not None and declared_length <= _READ_WHOLE_BELOW:
+                try:
+                    body = await request.read()
+                except ConnectionError:
+                    return self._client_gone(flight)
+                flight.request_body_bytes = len(body)
+            else:
+                body = self._stream_request_body(request, settings.max_request_body, flight)
+
+        client_ip = request.remote
+        upstream_headers = upstream_request_headers(
+            headers,
+            host=request.host if settings.pass_client_host else settings.upstream_authority,
+            client_ip=client_ip,
+            scheme=request.scheme,
+            client_host=headers.get("Host"),
+            forwarded=settings.forwarded,
+            trust_incoming_forwarded=settings.trust_incoming_forwarded,
+            request_id_header=settings.request_id_header,
+            request_id=flight.request_id,
+        )
+        url = URL(settings.upstream_prefix + raw_path, encoded=True)
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=upstream_headers,
+                data=body,
+                allow_redirects=False,
+                timeout=settings.client_timeout,
+            )
+        except Exception as exc:
+            return self._upstream_failed(exc, flight, settings)
+
+        flight.upstream_response_start = time.perf_counter()
+        flight.upstream_status = flight.status = upstream.status
+        try:
+            response = await self._relay(request, upstream, settings, flight)
+        except BaseException:
+            upstream.close()
+            raise
+        # A complete body returns the connection to the pool; anything else
+        # closes it, since a half-read response leaves it unusable (and closing
+        # is what tells the model server to stop generating).
+        if flight.outcome is None:
+            upstream.release()
+        else:
+            upstream.close()
+        return response
+
+    def _client_gone(self, flight: _Flight) -> web.Response:
+        flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection", 499)
+        # Nobody will read this; returning it lets aiohttp finish the request quietly.
+        return web.Response(status=499)
+
+    def _upstream_failed(self, exc: Exception, flight: _Flight, settings: ProxySettings) -> web.Response:
+        if flight.client_body_failed:
+            return self._client_gone(flight)
+        if flight.body_too_large:
+            return self._reject(
+                flight,
+                settings,
+                413,
+                "request_body_too_large",
+                f"request body exceeds the limit of {settings.max_request_body} bytes",
+            )
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            outcome, status, error_type = Outcome.UPSTREAM_TIMEOUT, 504, "upstream_connect_timeout"
+            message = "timed out connecting to the upstream"
+        elif isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+            outcome, status, error_type = Outcome.UPSTREAM_TIMEOUT, 504, "upstream_response_start_timeout"
+            message = "the upstream did not start its response in time"
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            outcome, status, error_type = Outcome.UPSTREAM_UNAVAILABLE, 502, "upstream_connect_error"
+            message = f"cannot connect to the upstream: {exc.os_error.strerror or exc.os_error}"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
+            outcome, status, error_type = Outcome.UPSTREAM_ERROR, 502, "upstream_disconnected"
+            message = "the upstream closed the connection without a response"
+        elif isinstance(exc, aiohttp.ClientResponseError):
+            outcome, status, error_type = Outcome.UPSTREAM_ERROR, 502, "upstream_bad_response"
+            message = f"the upstream sent an invalid response: {exc.message}"
+        elif isinstance(exc, aiohttp.ClientError | OSError):
+            outcome, status, error_type = Outcome.UPSTREAM_ERROR, 502, "upstream_error"
+            message = f"upstream request failed: {exc.__class__.__name__}: {exc}"
+        else:
+            raise exc
+        flight.fail(outcome, error_type, message, status)
+        return self._error(flight, settings, status, error_type, message)
+
+    async def _stream_request_body(
+        self, request: web.BaseRequest, limit: int, flight: _Flight
+    ) -> AsyncIterator[bytes]:
+        content = request.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except ConnectionError:
+                flight.client_body_failed = True
+                raise
+            if not chunk:
+                return
+            flight.request_body_bytes += len(chunk)
+            if flight.request_body_bytes > limit:
+                flight.body_too_large = True
+                raise _BodyTooLarge
+            yield chunk
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        settings: ProxySettings,
+        flight: _Flight,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=client_response_headers(
+                upstream.headers,
+                request_id_header=settings.request_id_header,
+                request_id=flight.request_id,
+            ),
+        )
+        flight.response_content_type = upstream.headers.get("Content-Type")
+        if self._draining:
+            response.force_close()
+        connection = upstream.connection
+        if connection is not None and connection.protocol is not None:
+            # Headers are in: from here the read timeout is the allowed silence
+            # between chunks. aiohttp stops this timer while the client applies
+            # backpressure, so a slow reader is never blamed on the upstream.
+            connection.protocol.read_timeout = settings.idle_timeout
+            connection.protocol.start_timeout()
+        await response.prepare(request)
+        flight.first_byte = time.perf_counter()
+        flight.response_started = True
+
+        content = upstream.content
+        reading = True
+        try:
+            while True:
+                reading = True
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                reading = False
+                await response.write(chunk)
+                flight.response_body_bytes += len(chunk)
+                flight.response_chunks += 1
+            reading = False
+            await response.write_eof()
+        except Exception as exc:
+            if not reading:
+                if isinstance(exc, ConnectionError):
+                    flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
+                    return response
+                raise
+            if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+                flight.fail(
+                    Outcome.UPSTREAM_TIMEOUT,
+                    "upstream_idle_timeout",
+                    f"the upstream sent nothing for {settings.idle_timeout:g}s mid-response",
+                )
+            elif isinstance(exc, aiohttp.ClientError | OSError):
+                flight.fail(
+                    Outcome.UPSTREAM_ERROR,
+                    "upstream_response_incomplete",
+                    f"the upstream response broke off: {exc.__class__.__name__}: {exc}",
+                )
+            else:
+                raise
+            # The status line is gone already; closing without the final chunk
+            # (or short of Content-Length) is how HTTP/1.1 tells the client the
+            # body is incomplete. close() flushes what was relayed first.
+            transport = request.transport
+            if transport is not None:
+                transport.close()
+        return response

@@ -1,0 +1,75 @@
+"""The admin listener: metrics, liveness and readiness, on a port of its own.
+
+It is separate from the proxy port so that the proxy never exposes it to
+model clients, and it binds to loopback by default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from sidecar import __version__
+
+ReadinessCheck = Callable[[], str | None]
+"""Returns None when its part is ready, otherwise the reason it is not."""
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(data, indent=1) + "\n", content_type="application/json"
+    )
+
+
+def create_admin_app(
+    registry: CollectorRegistry, readiness: Mapping[str, ReadinessCheck]
+) -> web.Application:
+    """An aiohttp application serving `/metrics`, `/-/healthy` and `/-/ready`."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        # OpenMetrics (which carries exemplars) when the scraper asks for it,
+        # Prometheus text format otherwise, as prometheus-client decides.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(registry))
+        response.headers["Content-Type"] = content_type
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+    async def healthy(request: web.Request) -> web.Response:
+        return _json({"status": "healthy", "version": __version__})
+
+    async def ready(request: web.Request) -> web.Response:
+        reasons = {name: check() for name, check in readiness.items()}
+        failing = {name: reason for name, reason in reasons.items() if reason is not None}
+        return _json(
+            {
+                "status": "not ready" if failing else "ready",
+                "checks": {name: reason or "ok" for name, reason in reasons.items()},
+            },
+            status=503 if failing else 200,
+        )
+
+    async def index(request: web.Request) -> web.Response:
+        return _json(
+            {
+                "service": "inference-sidecar",
+                "version": __version__,
+                "endpoints": {
+                    "/metrics": "Prometheus metrics (OpenMetrics when asked for)",
+                    "/-/healthy": "liveness: the process is up",
+                    "/-/ready": "readiness: upstream healthy and sinks writable",
+                },
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    return app
