@@ -147,7 +147,7 @@ class _Flight:
             started_at=self.started_at,
             method=request.method,
             path=request.path,
-            query=request.query_string,
+            query=request.rel_url.raw_query_string,
             scheme=request.scheme,
             host=request.host,
             http_version=_HTTP_VERSIONS.get(tuple(request.version), "1.1"),
@@ -246,7 +246,12 @@ class ProxyHandler:
         self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str
     ) -> web.Response:
         flight.fail(Outcome.REJECTED, error_type, message, status)
-        return self._error(flight, settings, status, error_type, message)
+        response = self._error(flight, settings, status, error_type, message)
+        # What follows on this connection cannot be trusted to be a request:
+        # a refused body may still be arriving, a malformed head may be a
+        # smuggling attempt. Close it, as nginx does.
+        response.force_close()
+        return response
 
     def _error(
         self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str

@@ -91,7 +91,8 @@ class ProxyServer(web.Server):
         on_rejected: RejectionCallback,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, handler_cancellation=True, access_log=None, **kwargs)
+        # auto_decompress=False: a proxy relays Content-Encoding, never undoes it.
+        super().__init__(handler, handler_cancellation=True, access_log=None, auto_decompress=False, **kwargs)
         self.limits = limits
         self.on_rejected = on_rejected
 

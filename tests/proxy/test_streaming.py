@@ -1,0 +1,111 @@
+"""Streamed answers reach the client as the upstream writes them.
+
+The sidecar runs as a real subprocess; the upstream and the client run in the
+test's event loop. Each event carries the monotonic time the upstream wrote
+it, so its delay is measured from write to client read, through the sidecar
+and directly, in interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.support.process import SidecarProcess
+from tests.support.upstream import TestUpstream
+
+EVENTS = 100
+ROUNDS = 5
+
+
+@pytest.fixture
+async def sidecar_process(upstream: TestUpstream, tmp_path) -> AsyncIterator[SidecarProcess]:
+    process = SidecarProcess(upstream.url, tmp_path)
+    await process.start()
+    yield process
+    await process.stop()
+
+
+async def read_stream(client: aiohttp.ClientSession, url: str) -> tuple[int, list[tuple[int, int]]]:
+    """(number of reads, [(seq, delay_ns)]) for one streamed answer."""
+    reads = 0
+    buffer = b""
+    events: list[tuple[int, int]] = []
+    async with client.get(url) as response:
+        async for chunk in response.content.iter_any():
+            received = time.monotonic_ns()
+            reads += 1
+            buffer += chunk
+            while b"\n\n" in buffer:
+                line, buffer = buffer.split(b"\n\n", 1)
+                event = json.loads(line.removeprefix(b"data: "))
+                events.append((event["seq"], received - event["sent_ns"]))
+    return reads, events
+
+
+async def test_sse_events_arrive_one_read_each_in_order_and_undelayed(upstream: TestUpstream, sidecar_process: SidecarProcess):
+    path = f"/sse?events={EVENTS}&interval_ms=1"
+    direct_delays: list[int] = []
+    sidecar_delays: list[int] = []
+    reads_per_stream: list[int] = []
+    async with aiohttp.ClientSession() as client:
+        await read_stream(client, f"{upstream.url}{path}")  # warm both connection pools
+        await read_stream(client, f"{sidecar_process.url}{path}")
+        for _ in range(ROUNDS):
+            _, direct = await read_stream(client, f"{upstream.url}{path}")
+            reads, proxied = await read_stream(client, f"{sidecar_process.url}{path}")
+            assert [seq for seq, _ in proxied] == list(range(EVENTS)), "events lost or reordered"
+            direct_delays += [delay for _, delay in direct]
+            sidecar_delays += [delay for _, delay in proxied]
+            reads_per_stream.append(reads)
+
+    ms = 1e6
+    added_median = (statistics.median(sidecar_delays) - statistics.median(direct_delays)) / ms
+    worst = max(sidecar_delays) / ms
+    report = (
+        f"reads per {EVENTS} events: {reads_per_stream}; median delay direct "
+        f"{statistics.median(direct_delays) / ms:.3f} ms, via sidecar {statistics.median(sidecar_delays) / ms:.3f} ms; "
+        f"worst via sidecar {worst:.2f} ms"
+    )
+    print(report)
+    # Coalescing would mean the sidecar buffers: every event should be its own read.
+    assert statistics.median(reads_per_stream) >= EVENTS * 0.95, report
+    assert added_median < 1.0, report
+    assert worst < 5.0, report
+
+
+async def test_ndjson_streams_chunk_by_chunk(upstream: TestUpstream, sidecar_process: SidecarProcess):
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar_process.url}/ndjson?events=50&interval_ms=2") as response:
+            assert response.headers["Content-Type"] == "application/x-ndjson"
+            reads = [chunk async for chunk in response.content.iter_any()]
+    lines = b"".join(reads).splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(50))
+    assert len(reads) >= 45
+
+
+async def test_time_to_first_byte_is_within_a_millisecond_of_direct(upstream: TestUpstream, sidecar_process: SidecarProcess):
+    async def ttfb(client: aiohttp.ClientSession, url: str) -> float:
+        started = time.perf_counter()
+        async with client.get(url) as response:
+            first = time.perf_counter() - started
+            await response.read()
+        return first
+
+    direct: list[float] = []
+    proxied: list[float] = []
+    async with aiohttp.ClientSession() as client:
+        for url in (upstream.url, sidecar_process.url):
+            await ttfb(client, f"{url}/sse?events=1&interval_ms=0")
+        for _ in range(30):
+            direct.append(await ttfb(client, f"{upstream.url}/sse?events=1&interval_ms=0"))
+            proxied.append(await ttfb(client, f"{sidecar_process.url}/sse?events=1&interval_ms=0"))
+    added_ms = (statistics.median(proxied) - statistics.median(direct)) * 1000
+    print(f"TTFB median direct {statistics.median(direct) * 1000:.3f} ms, via sidecar "
+          f"{statistics.median(proxied) * 1000:.3f} ms, added {added_ms:.3f} ms")
+    assert added_ms < 1.0
