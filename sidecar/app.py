@@ -105,6 +105,12 @@ class Sidecar:
             raise RuntimeError("the sidecar has not been started")
         return self._proxy
 
+    @property
+    def prober(self) -> HealthProber:
+        if self._prober is None:
+            raise RuntimeError("the sidecar has not been started")
+        return self._prober
+
     def _prepare_data_dir(self) -> None:
         data_dir = self.config.data_dir
         try:

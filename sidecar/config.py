@@ -84,8 +84,10 @@ def format_duration(seconds: float) -> str:
     """The shortest duration string that parse_duration reads back to the same value."""
     if seconds == 0:
         return "0s"
-    if seconds < 1 or seconds != int(seconds):
-        return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+    if seconds < 1:
+        return f"{round(seconds * 1000, 6):g}ms"
+    if seconds != int(seconds):
+        return f"{seconds!r}s"  # repr is the shortest text that reads back exactly
     remaining, text = int(seconds), ""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if remaining >= size:
