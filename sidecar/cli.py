@@ -44,6 +44,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check_config)
 
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference (Markdown) with every key and default"
+    )
+    reference.set_defaults(handler=_config_reference)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser
@@ -112,6 +117,13 @@ def _check_config(args: argparse.Namespace) -> int:
         _print_problems(exc.problems)
         return EXIT_USAGE
     print(f"{args.file}: OK: {config.summary()}")
+    return EXIT_OK
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from sidecar.config import config_reference
+
+    print(config_reference(), end="")
     return EXIT_OK
 
 

@@ -228,16 +228,21 @@ def default_data_dir() -> Path:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Field docstrings become descriptions, which the generated reference shows.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
 
 
 class HealthCheckConfig(Section):
     """Active probe of the upstream; its state gates `/-/ready`."""
 
     enabled: bool = True
+    """Probe the upstream; when off, readiness ignores upstream health."""
     path: UrlPath = "/health"
+    """Probed with GET; vLLM, SGLang, TGI and llama.cpp serve /health (Ollama: /)."""
     interval: PositiveDuration = 5.0
+    """Time between probes."""
     timeout: PositiveDuration = 2.0
+    """A probe slower than this fails; must not exceed the interval."""
     unhealthy_threshold: int = Field(3, ge=1, le=1000)
     """Consecutive failed probes that mark a healthy upstream down."""
     healthy_threshold: int = Field(2, ge=1, le=1000)
@@ -254,7 +259,10 @@ class HealthCheckConfig(Section):
 
 
 class UpstreamConfig(Section):
+    """The model server the sidecar forwards to."""
+
     url: UpstreamAddressField = "http://127.0.0.1:8000"  # type: ignore[assignment]
+    """The model server: http://HOST:PORT[/base/path], https://..., or unix:/path/to.sock."""
     host_header: Literal["upstream", "client"] = "upstream"
     """Host sent upstream: the upstream's own authority, or the client's Host unchanged."""
     connect_timeout: PositiveDuration = 5.0
@@ -264,6 +272,7 @@ class UpstreamConfig(Section):
     idle_timeout: PositiveDuration = 120.0
     """Longest silence allowed between two response chunks once the response has started."""
     max_connections: int = Field(1024, ge=1)
+    """Upper bound on pooled connections to the upstream; requests beyond it wait (within connect_timeout)."""
     keepalive_timeout: PositiveDuration = 4.0
     """Idle pooled connections are closed after this. Keep it below the upstream's own
     keep-alive (uvicorn, used by vLLM and SGLang, closes after 5 s) so a request is never
@@ -272,6 +281,8 @@ class UpstreamConfig(Section):
 
 
 class ForwardedHeadersConfig(Section):
+    """X-Forwarded-* headers on upstream requests."""
+
     enabled: bool = True
     """Set X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host on upstream requests."""
     trust_incoming: bool = False
@@ -280,12 +291,16 @@ class ForwardedHeadersConfig(Section):
 
 
 class ProxyConfig(Section):
+    """The client-facing listener and the limits it enforces."""
+
     listen: ListenAddressField = "127.0.0.1:8080"  # type: ignore[assignment]
+    """Where clients connect. Loopback by default; use 0.0.0.0:PORT in a pod or container."""
     max_request_body: Bytes = Field("64MiB", ge=0)  # type: ignore[assignment]
     """Larger request bodies get 413 (vision requests carry base64 images: keep it generous)."""
     max_header_bytes: Bytes = Field("32KiB", ge=1024)  # type: ignore[assignment]
     """Total size of the request's header lines; larger gets 431."""
     max_header_count: int = Field(100, ge=1, le=10000)
+    """More request header fields than this get 431."""
     max_url_bytes: Bytes = Field("8KiB", ge=256)  # type: ignore[assignment]
     """Longest request target (path and query); longer gets 414."""
     drain_timeout: Duration = 30.0
@@ -297,11 +312,17 @@ class ProxyConfig(Section):
 
 
 class AdminConfig(Section):
+    """The operators' listener, separate from the proxy."""
+
     listen: ListenAddressField = "127.0.0.1:9180"  # type: ignore[assignment]
+    """/metrics, /-/healthy and /-/ready. Keep it off the client network."""
 
 
 class LogConfig(Section):
+    """The sidecar's own logs."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logs go to stderr."""
     format: Literal["auto", "json", "text"] = "auto"
     """auto: readable text on a terminal, JSON lines otherwise."""
     access_log: bool = False
@@ -309,6 +330,8 @@ class LogConfig(Section):
 
 
 class RuntimeConfig(Section):
+    """Process-level settings."""
+
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """auto uses uvloop when it is installed."""
 
@@ -501,6 +524,25 @@ def _dotted(path: Iterable[str | int]) -> str:
     return text or "(top level)"
 
 
+# pydantic's wording for the common type errors, restated as what an operator should write.
+_PLAIN_EXPECTATIONS = {
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "byte_size": "expected a size such as 64MiB, 10MB, 512KiB or a number of bytes",
+    "byte_size_unit": "expected a size unit such as B, KiB, MiB, GiB, KB, MB or GB",
+    "model_type": "expected a mapping of keys",
+    "model_attributes_type": "expected a mapping of keys",
+    "dict_type": "expected a mapping of keys",
+    "path_type": "expected a filesystem path",
+}
+
+
 def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
     loc: KeyPath = tuple(k for k in error["loc"] if not (isinstance(k, str) and k.startswith("function-")))
     origin = layers.origin_of(loc) or "default"
@@ -509,7 +551,7 @@ def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
         return f"{origin}: {where}: unknown key; {_expected_keys(loc)}"
     if error["type"] == "missing":
         return f"{origin}: {where}: required key is missing"
-    message = str(error["msg"])
+    message = _PLAIN_EXPECTATIONS.get(error["type"]) or str(error["msg"])
     message = re.sub(r"^(Value error|Assertion failed), ", "", message)
     message = re.sub(r"^Input should be ", "expected ", message)
     if not message.startswith("expected"):
@@ -532,6 +574,66 @@ def _expected_keys(loc: KeyPath) -> str:
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"expected one of: {', '.join(valid)}{hint}"
+
+
+def _describe_type(info: Any, default: Any) -> str:
+    validators = {getattr(item, "func", None) for item in info.metadata}
+    if parse_duration in validators:
+        return "duration"
+    if parse_listen_address in validators:
+        return "HOST:PORT"
+    if parse_upstream_address in validators:
+        return "URL"
+    if info.annotation is ByteSize:
+        return "size"
+    if "Literal" in str(info.annotation):
+        return " \\| ".join(f"`{choice}`" for choice in info.annotation.__args__)
+    if isinstance(default, bool):
+        return "boolean"
+    if isinstance(default, int):
+        return "integer"
+    return "path" if info.annotation is Path else "string"
+
+
+def config_reference() -> str:
+    """The configuration reference in Markdown, generated from the models above."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `sidecar config-reference`; do not edit by hand.",
+        "",
+        "Precedence, lowest first: defaults, the YAML file (`--config FILE` or `$SIDECAR_CONFIG`), "
+        "environment variables, command-line flags. The environment variable for a key is `SIDECAR_` "
+        "followed by its path in upper case with `__` between levels. Durations are written like "
+        "Prometheus durations (`250ms`, `5s`, `1h30m`) or as seconds; sizes as bytes or with a unit "
+        "(`64MiB`, `10MB`). Unknown keys are errors.",
+        "",
+    ]
+    defaults = effective_config(Config(data_dir=Path("~/.local/share/inference-sidecar")))
+
+    def walk(model: type[BaseModel], values: dict[str, Any], prefix: str) -> None:
+        rows: list[str] = []
+        sections: list[tuple[str, type[BaseModel], dict[str, Any]]] = []
+        for name, info in model.model_fields.items():
+            path = f"{prefix}{name}"
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                sections.append((path, info.annotation, values[name]))
+                continue
+            env = ENV_PREFIX + path.replace(".", "__").upper()
+            description = " ".join((info.description or "").split())
+            kind = _describe_type(info, values[name])
+            default = str(values[name]).lower() if isinstance(values[name], bool) else values[name]
+            rows.append(f"| `{path}` | `{default}` | {kind} | `{env}` | {description} |")
+        if rows:
+            title = f"`{prefix.rstrip('.')}`" if prefix else "Top level"
+            doc = " ".join((model.__doc__ or "").split()) if prefix else ""
+            lines.extend([f"## {title}", ""] + ([doc, ""] if doc else []))
+            lines.extend(["| key | default | type | environment | meaning |", "|---|---|---|---|---|", *rows, ""])
+        for path, section, section_values in sections:
+            walk(section, section_values, f"{path}.")
+
+    walk(Config, defaults, "")
+    return "\n".join(lines)
 
 
 def effective_config(config: Config) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_their_paths(tmp_path)
     assert "(did you mean 'max_request_body'?)" in found[1]
     assert found[0] == (
         f"{path}:3:21: proxy.max_header_count: got 'many'; "
-        "expected a valid integer, unable to parse string as an integer"
+        "expected an integer"
     )
 
 
@@ -171,3 +171,25 @@ def test_config_is_immutable():
     with pytest.raises(Exception):
         config.proxy.drain_timeout = 1  # type: ignore[misc]
     assert isinstance(config, Config)
+
+
+def test_committed_reference_matches_the_models():
+    from sidecar.config import config_reference
+
+    committed = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert committed == config_reference(), "run: sidecar config-reference > docs/configuration.md"
+
+
+def test_every_key_is_described():
+    from sidecar.config import config_reference
+
+    undocumented = [line for line in config_reference().splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert undocumented == []
+
+
+def test_type_errors_say_what_to_write(tmp_path):
+    found = problems(write(tmp_path, "proxy: 5\nupstream:\n  health:\n    enabled: maybe\nlog:\n  access_log: [1]\n"), env={})
+    assert f"{tmp_path / 'sidecar.yaml'}:4:14: upstream.health.enabled: got 'maybe'; expected true or false" in found
+    assert f"{tmp_path / 'sidecar.yaml'}:1:8: proxy: got 5; expected a mapping of keys" in found
+    (size,) = problems(None, env={"SIDECAR_PROXY__MAX_URL_BYTES": "big"})
+    assert size.endswith("got 'big'; expected a size such as 64MiB, 10MB, 512KiB or a number of bytes")
