@@ -306,6 +306,12 @@ class ProxyHandler:
 
         body: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
+            if request.version >= (1, 1) and headers.get("Expect", "").lower() == "100-continue":
+                # aiohttp's router answers this for applications; the low-level
+                # server does not, and curl would wait a second before sending.
+                # Answered only now, after the size check, so an oversized body
+                # is refused before the client sends it.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if declared_length is not None and declared_length <= _READ_WHOLE_BELOW:
                 try:
                     body = await request.read()

@@ -20,11 +20,13 @@ async def raw_request(sidecar: RunningSidecar, data: bytes) -> tuple[int, dict, 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
-    reply = await asyncio.wait_for(reader.read(), timeout=5)
-    writer.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
+    # Read by Content-Length, not to EOF: after refusing a body, aiohttp keeps
+    # the socket open a while to drain it (lingering close), as nginx does.
+    body = await asyncio.wait_for(reader.readexactly(int(headers["Content-Length"])), timeout=5)
+    writer.close()
     return int(lines[0].split()[1]), headers, body
 
 
@@ -193,3 +195,26 @@ async def test_upstream_breaking_off_mid_body_truncates_the_client_response(upst
     exchange = sidecar.exchanges[0]
     assert (exchange.outcome, exchange.error_type) == (Outcome.UPSTREAM_ERROR, "upstream_response_incomplete")
     assert exchange.response_body_bytes == 10
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url, proxy__max_request_body="1KiB")
+    port = int(sidecar.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert upstream.requests[0]["body_length"] == 5
+    assert "expect" not in {name.lower() for name, _ in upstream.requests[0]["headers"]}
+
+    # Too large: refused at once, no 100, so the client never sends the body.
+    status, _, body = await raw_request(
+        sidecar, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert status == 413
+    assert_error_body(body, 413, "request_body_too_large")
