@@ -311,6 +311,19 @@ class ProxyConfig(Section):
     forwarded: ForwardedHeadersConfig = ForwardedHeadersConfig()
 
 
+class LlmConfig(Section):
+    """Recognising model calls (OpenAI-compatible, KServe, TGI, Ollama) and reading their usage."""
+
+    enabled: bool = True
+    """Read model, token counts and timings from model-call bodies as they pass."""
+    request_peek_bytes: Bytes = Field("64KiB", ge=0)  # type: ignore[assignment]
+    """How much of a large request body is kept to find `model` and `stream`; smaller bodies are read whole."""
+    max_parsed_body: Bytes = Field("4MiB", ge=0)  # type: ignore[assignment]
+    """Non-streamed JSON answers up to this size are parsed for usage; larger ones pass unread."""
+    max_event_bytes: Bytes = Field("1MiB", ge=1024)  # type: ignore[assignment]
+    """Longest SSE/NDJSON line parsed; longer lines pass through unread (and are counted)."""
+
+
 class AdminConfig(Section):
     """The operators' listener, separate from the proxy."""
 
@@ -341,6 +354,7 @@ class Config(Section):
     """Where the sidecar keeps its state (audit spool and files, rule state)."""
     upstream: UpstreamConfig = UpstreamConfig()
     proxy: ProxyConfig = ProxyConfig()
+    llm: LlmConfig = LlmConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()

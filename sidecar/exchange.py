@@ -52,6 +52,44 @@ class Principal:
 ANONYMOUS = Principal()
 
 
+class TokenSource(enum.StrEnum):
+    """Where a token count came from."""
+
+    REPORTED = "reported"
+    """The model server said so (`usage`, `eval_count`, `details.generated_tokens`)."""
+    COUNTED = "counted"
+    """Counted from content-bearing stream chunks (one token per chunk, as vLLM, TGI,
+    llama.cpp and Ollama stream); approximate when a server batches tokens."""
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class GenAiCall:
+    """What a model call through the proxy asked for and got, as far as the bodies said."""
+
+    protocol: str
+    """Wire protocol recognised: openai, kserve, tgi or ollama."""
+    operation: str
+    """OpenTelemetry gen_ai.operation.name: chat, text_completion, embeddings, or predict."""
+    request_model: str | None
+    response_model: str | None
+    stream: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    input_token_source: TokenSource
+    output_token_source: TokenSource
+    finish_reasons: tuple[str, ...]
+    time_to_first_token_s: float | None
+    """From the start of the request to the first content-bearing chunk (streams only)."""
+    time_per_output_token_s: float | None
+    """(duration - time to first token) / (output tokens - 1), for streams of 2+ tokens."""
+    content_chunks: int
+    max_chunk_gap_s: float | None
+    """Longest silence between two content-bearing chunks."""
+    parse_error: str | None
+    """Why (part of) a body could not be read; the bytes passed through untouched regardless."""
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request through the proxy and how it ended.
@@ -95,6 +133,9 @@ class Exchange:
     # Who, and where in a trace.
     principal: Principal = ANONYMOUS
     route: str | None = None
+    """Low-cardinality route template (OpenTelemetry http.route) when the path is a known one."""
+    gen_ai: GenAiCall | None = None
+    """Set for requests recognised as model calls."""
     trace_id: str | None = None
     span_id: str | None = None
 

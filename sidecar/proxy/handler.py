@@ -35,6 +35,9 @@ from sidecar.config import Config
 from sidecar.exchange import ANONYMOUS, Exchange, Outcome
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.headers import client_response_headers, upstream_request_headers
+from sidecar.proxy.llm.request import RequestFacts, read_request
+from sidecar.proxy.llm.routes import match_route
+from sidecar.proxy.llm.tap import ResponseTap
 
 # Request bodies with a declared length up to this size are read whole before
 # the upstream request starts: one write instead of a chunked stream, and the
@@ -60,6 +63,10 @@ class ProxySettings:
     request_id_header: str
     forwarded: bool
     trust_incoming_forwarded: bool
+    llm_enabled: bool
+    llm_request_peek: int
+    llm_max_body: int
+    llm_max_line: int
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
@@ -83,6 +90,10 @@ class ProxySettings:
             request_id_header=config.proxy.request_id_header,
             forwarded=config.proxy.forwarded.enabled,
             trust_incoming_forwarded=config.proxy.forwarded.trust_incoming,
+            llm_enabled=config.llm.enabled,
+            llm_request_peek=int(config.llm.request_peek_bytes),
+            llm_max_body=int(config.llm.max_parsed_body),
+            llm_max_line=int(config.llm.max_event_bytes),
         )
 
 
@@ -111,6 +122,10 @@ class _Flight:
         "body_too_large",
         "client_body_failed",
         "response_started",
+        "route",
+        "tap",
+        "request_prefix",
+        "request_complete",
     )
 
     def __init__(self) -> None:
@@ -131,6 +146,12 @@ class _Flight:
         self.body_too_large = False
         self.client_body_failed = False
         self.response_started = False
+        self.route: str | None = None
+        self.tap: ResponseTap | None = None
+        # The request body (or its first bytes), kept for model calls only and
+        # parsed when the exchange is over, so parsing never delays a byte.
+        self.request_prefix: bytes | bytearray = b""
+        self.request_complete = True
 
     def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
         if self.outcome is None:
@@ -142,6 +163,14 @@ class _Flight:
         end = time.perf_counter()
         start = self.start
         headers = request.headers
+        gen_ai = None
+        if self.tap is not None:
+            facts = (
+                read_request(bytes(self.request_prefix), self.request_complete)
+                if self.request_prefix
+                else RequestFacts(None, None, None)
+            )
+            gen_ai = self.tap.finish(end, facts)
         return Exchange(
             request_id=self.request_id or "",
             started_at=self.started_at,
@@ -170,6 +199,8 @@ class _Flight:
             upstream=settings.upstream_label,
             upstream_status=self.upstream_status,
             principal=ANONYMOUS,
+            route=self.route,
+            gen_ai=gen_ai,
         )
 
 
@@ -304,6 +335,19 @@ class ProxyHandler:
                 f"request body of {declared_length} bytes exceeds the limit of {settings.max_request_body}",
             )
 
+        route, path_model = match_route(request.method, request.path)
+        if route is not None:
+            flight.route = route.template
+            if route.protocol is not None and route.operation is not None and settings.llm_enabled:
+                flight.tap = ResponseTap(
+                    protocol=route.protocol,
+                    operation=route.operation,
+                    path_model=path_model,
+                    start=flight.start,
+                    max_line=settings.llm_max_line,
+                    max_body=settings.llm_max_body,
+                )
+
         body: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
             if request.version >= (1, 1) and headers.get("Expect", "").lower() == "100-continue":
@@ -318,8 +362,10 @@ class ProxyHandler:
                 except ConnectionError:
                     return self._client_gone(flight)
                 flight.request_body_bytes = len(body)
+                if flight.tap is not None:
+                    flight.request_prefix = body
             else:
-                body = self._stream_request_body(request, settings.max_request_body, flight)
+                body = self._stream_request_body(request, settings, flight)
 
         client_ip = request.remote
         upstream_headers = upstream_request_headers(
@@ -402,8 +448,12 @@ class ProxyHandler:
         return self._error(flight, settings, status, error_type, message)
 
     async def _stream_request_body(
-        self, request: web.BaseRequest, limit: int, flight: _Flight
+        self, request: web.BaseRequest, settings: ProxySettings, flight: _Flight
     ) -> AsyncIterator[bytes]:
+        limit = settings.max_request_body
+        peek = settings.llm_request_peek if flight.tap is not None else 0
+        if peek:
+            flight.request_prefix = bytearray()
         content = request.content
         while True:
             try:
@@ -413,7 +463,10 @@ class ProxyHandler:
                 raise
             if not chunk:
                 return
+            if peek and len(flight.request_prefix) < peek:
+                flight.request_prefix += chunk[: peek - len(flight.request_prefix)]  # type: ignore[operator]
             flight.request_body_bytes += len(chunk)
+            flight.request_complete = flight.request_body_bytes <= peek
             if flight.request_body_bytes > limit:
                 flight.body_too_large = True
                 raise _BodyTooLarge
@@ -436,6 +489,9 @@ class ProxyHandler:
             ),
         )
         flight.response_content_type = upstream.headers.get("Content-Type")
+        tap = flight.tap
+        if tap is not None:
+            tap.begin(upstream.status, flight.response_content_type)
         if self._draining:
             response.force_close()
         connection = upstream.connection
@@ -457,10 +513,14 @@ class ProxyHandler:
                 chunk = await content.readany()
                 if not chunk:
                     break
+                arrived = time.perf_counter()
                 reading = False
                 await response.write(chunk)
                 flight.response_body_bytes += len(chunk)
                 flight.response_chunks += 1
+                if tap is not None:
+                    # After the write: reading the chunk never delays it.
+                    tap.feed(chunk, arrived)
             reading = False
             await response.write_eof()
         except Exception as exc:
