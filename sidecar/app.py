@@ -33,7 +33,7 @@ from sidecar.proxy.health import HealthProber
 from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
 from sidecar.telemetry.admin import create_admin_app
-from sidecar.telemetry.metrics import ExchangeMetrics, HealthMetrics, LiveGauges, register_build_info
+from sidecar.telemetry.metrics import ExchangeMetrics, GenAiMetrics, HealthMetrics, LiveGauges, register_build_info
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ class Sidecar:
         self._prepare_data_dir()
         register_build_info(self.registry)
         self.exchanges.subscribe("metrics", ExchangeMetrics(self.registry))
+        self.exchanges.subscribe(
+            "gen_ai_metrics",
+            GenAiMetrics(self.registry, max_models=config.metrics.max_models, provider_name=config.llm.provider_name),
+        )
         self.exchanges.subscribe("access_log", self._access_log)
         self.health_results.subscribe("metrics", HealthMetrics(self.registry))
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +44,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-env", action="store_true", help="ignore SIDECAR_* environment variables (check the file alone)"
     )
     check.set_defaults(handler=_check_config)
+
+    demo = commands.add_parser(
+        "demo", help="run the torch demo model server with the sidecar in front, send traffic, keep serving"
+    )
+    demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--tokens-per-second", type=float, default=40.0, metavar="N", help="pace generation (0: flat out)")
+    demo.add_argument("--data-dir", metavar="DIR", help="the sidecar's data directory (default: ./sidecar-data)")
+    demo.add_argument("--listen", metavar="HOST:PORT", help="proxy listen address (default: a free loopback port)")
+    demo.add_argument("--admin-listen", metavar="HOST:PORT", help="admin listen address (default: a free loopback port)")
+    demo.set_defaults(handler=_demo)
+
+    demo_server = commands.add_parser("demo-server", help="run only the torch demo model server")
+    demo_server.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
+    demo_server.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo_server.add_argument("--tokens-per-second", type=float, default=0.0, metavar="N", help="pace generation (0: flat out)")
+    demo_server.add_argument("--model-name", default=None, metavar="NAME", help="the name the model is served as")
+    demo_server.set_defaults(handler=_demo_server)
 
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference (Markdown) with every key and default"
@@ -117,6 +136,65 @@ def _check_config(args: argparse.Namespace) -> int:
         _print_problems(exc.problems)
         return EXIT_USAGE
     print(f"{args.file}: OK: {config.summary()}")
+    return EXIT_OK
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "the demo needs torch: pip install 'inference-sidecar[demo]' (or your own CUDA build of torch)"
+        ) from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _require_torch()
+    from sidecar.demo.tour import default_demo_data_dir, run_demo
+    from sidecar.logs import LogPipeline
+
+    logs = LogPipeline("warning", "text")
+    logs.start()
+    try:
+        return asyncio.run(
+            run_demo(
+                duration=args.duration,
+                device=args.device,
+                tokens_per_second=args.tokens_per_second,
+                data_dir=args.data_dir or default_demo_data_dir(),
+                listen=args.listen,
+                admin_listen=args.admin_listen,
+            )
+        )
+    finally:
+        logs.stop()
+
+
+def _demo_server(args: argparse.Namespace) -> int:
+    _require_torch()
+    from sidecar.config import parse_listen_address
+    from sidecar.demo.server import DEFAULT_MODEL_NAME, DemoSettings, serve_demo_model
+
+    try:
+        address = parse_listen_address(args.listen)
+    except ValueError as exc:
+        print(f"--listen: got {args.listen!r}; expected {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = DemoSettings(
+        model_name=args.model_name or DEFAULT_MODEL_NAME, device=args.device, tokens_per_second=args.tokens_per_second
+    )
+
+    async def serve() -> None:
+        runner, port = await serve_demo_model(settings, address.host, address.port)
+        print(f"demo model server on http://{address.host}:{port} (model {settings.model_name!r})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
     return EXIT_OK
 
 

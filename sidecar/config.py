@@ -322,6 +322,16 @@ class LlmConfig(Section):
     """Non-streamed JSON answers up to this size are parsed for usage; larger ones pass unread."""
     max_event_bytes: Bytes = Field("1MiB", ge=1024)  # type: ignore[assignment]
     """Longest SSE/NDJSON line parsed; longer lines pass through unread (and are counted)."""
+    provider_name: str = ""
+    """gen_ai.provider.name on metrics and spans (e.g. vllm); empty: named after the protocol
+    (openai, tgi, ollama, kserve)."""
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics on the admin listener."""
+
+    max_models: int = Field(20, ge=1, le=10000)
+    """Distinct model names given their own label value; later ones are counted as `other`."""
 
 
 class AdminConfig(Section):
@@ -355,6 +365,7 @@ class Config(Section):
     upstream: UpstreamConfig = UpstreamConfig()
     proxy: ProxyConfig = ProxyConfig()
     llm: LlmConfig = LlmConfig()
+    metrics: MetricsConfig = MetricsConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -126,7 +126,11 @@ class Exchange:
     upstream_response_start_s: float | None
     """Response headers received from the upstream; None if none arrived."""
     first_byte_s: float | None
-    """First response byte written to the client; None if none was."""
+    """Response headers written to the client; None if none were."""
+    proxy_overhead_s: float
+    """Time spent inside the sidecar itself: accept to upstream call, upstream headers to
+    client headers, and each chunk's arrival-to-written time (which includes waiting on a
+    slow client's backpressure)."""
     # Upstream.
     upstream: str
     upstream_status: int | None

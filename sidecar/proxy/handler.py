@@ -126,6 +126,7 @@ class _Flight:
         "tap",
         "request_prefix",
         "request_complete",
+        "overhead",
     )
 
     def __init__(self) -> None:
@@ -152,6 +153,7 @@ class _Flight:
         # parsed when the exchange is over, so parsing never delays a byte.
         self.request_prefix: bytes | bytearray = b""
         self.request_complete = True
+        self.overhead = 0.0
 
     def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
         if self.outcome is None:
@@ -196,6 +198,8 @@ class _Flight:
                 None if self.upstream_response_start is None else self.upstream_response_start - start
             ),
             first_byte_s=None if self.first_byte is None else self.first_byte - start,
+            # Refused before any upstream call: all of it was the sidecar's own time.
+            proxy_overhead_s=self.overhead or end - start,
             upstream=settings.upstream_label,
             upstream_status=self.upstream_status,
             principal=ANONYMOUS,
@@ -380,6 +384,7 @@ class ProxyHandler:
             request_id=flight.request_id,
         )
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
+        flight.overhead = time.perf_counter() - flight.start
         try:
             upstream = await self._session.request(
                 request.method,
@@ -504,6 +509,7 @@ class ProxyHandler:
         await response.prepare(request)
         flight.first_byte = time.perf_counter()
         flight.response_started = True
+        flight.overhead += flight.first_byte - flight.upstream_response_start  # type: ignore[operator]
 
         content = upstream.content
         reading = True
@@ -516,6 +522,7 @@ class ProxyHandler:
                 arrived = time.perf_counter()
                 reading = False
                 await response.write(chunk)
+                flight.overhead += time.perf_counter() - arrived
                 flight.response_body_bytes += len(chunk)
                 flight.response_chunks += 1
                 if tap is not None:

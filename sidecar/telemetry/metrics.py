@@ -1,10 +1,16 @@
 """Prometheus metrics fed by Exchanges, HealthResults and live gauges.
 
-Names follow OpenTelemetry's HTTP semantic conventions translated to
-Prometheus (`http.server.request.duration` -> `http_server_request_duration_seconds`)
+Names follow OpenTelemetry's semantic conventions translated to Prometheus
+(`http.server.request.duration` -> `http_server_request_duration_seconds`,
+`gen_ai.server.time_to_first_token` -> `gen_ai_server_time_to_first_token_seconds`)
 so dashboards written for OTel-instrumented servers work unchanged; the
-sidecar's own series are prefixed `sidecar_`. Every label has a bounded set of
-values: unknown HTTP methods become `_OTHER` as the conventions require.
+sidecar's own series are prefixed `sidecar_`.
+
+Every label has a bounded set of values: unknown HTTP methods become `_OTHER`
+and unknown paths `other` (as route templates), and only the first
+`metrics.max_models` model names get a label value of their own. Latency
+histograms carry the request's trace id as an exemplar (OpenMetrics), so a
+slow bucket in Grafana opens the trace behind it.
 """
 
 from __future__ import annotations
@@ -19,53 +25,184 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.exchange import Exchange, HealthResult, HealthState, Outcome
 
-# OpenTelemetry's advice for http.server.request.duration (stable HTTP conventions).
-HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# OpenTelemetry's advice for http.server.request.duration, extended upward:
+# model calls routinely outlast its 10 s top bucket.
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                         30.0, 60.0, 120.0, 300.0, 600.0)  # fmt: skip
+BODY_SIZE_BUCKETS = tuple(float(4**n) for n in range(4, 14))  # 256 B .. 64 MiB
+# OpenTelemetry GenAI advice, extended upward for long generations as vLLM does.
+GEN_AI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+                           163.84, 327.68, 655.36, 1310.72)  # fmt: skip
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0)  # fmt: skip
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TOKEN_BUCKETS = tuple(float(4**n) for n in range(14))  # 1 .. 67,108,864
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+_UPSTREAM_OUTCOMES = frozenset({Outcome.UPSTREAM_UNAVAILABLE, Outcome.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_ERROR})
+_DEFAULT_PROVIDERS = {"openai": "openai", "openai_responses": "openai", "tgi": "tgi", "ollama": "ollama", "kserve": "kserve"}
 
 
 def method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "_OTHER"
 
 
+class BoundedLabel:
+    """Maps values to themselves until `cap` distinct ones were seen, then new ones to `other`."""
+
+    def __init__(self, cap: int, overflow: str = "other") -> None:
+        self._cap = cap
+        self._overflow = overflow
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._cap:
+            self._seen.add(value)
+            return value
+        return self._overflow
+
+
+def _exemplar(exchange: Exchange) -> dict[str, str] | None:
+    return {"trace_id": exchange.trace_id} if exchange.trace_id else None
+
+
 class ExchangeMetrics:
-    """Request counts, outcomes and latency from each Exchange."""
+    """HTTP server metrics and the sidecar's own, from each Exchange."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests, from the first byte read to the last byte written.",
-            ["http_request_method", "http_response_status_code"],
+            ["http_request_method", "http_response_status_code", "http_route", "error_type"],
             buckets=HTTP_DURATION_BUCKETS,
             registry=registry,
         )
+        self._request_size = Histogram(
+            "http_server_request_body_size_bytes",
+            "Size of HTTP server request bodies.",
+            ["http_request_method", "http_route"],
+            buckets=BODY_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self._response_size = Histogram(
+            "http_server_response_body_size_bytes",
+            "Size of HTTP server response bodies.",
+            ["http_request_method", "http_route"],
+            buckets=BODY_SIZE_BUCKETS,
+            registry=registry,
+        )
         self._outcomes = Counter(
-            "sidecar_exchanges",
-            "Requests handled by the proxy, by how they ended.",
-            ["outcome"],
+            "sidecar_exchanges", "Requests handled by the proxy, by how they ended.", ["outcome"], registry=registry
+        )
+        self._upstream_errors = Counter(
+            "sidecar_upstream_errors",
+            "Requests the upstream failed: could not be reached, timed out, or broke off.",
+            ["error_type"],
             registry=registry,
         )
-        self._request_bytes = Counter(
-            "sidecar_request_body_bytes",
-            "Request body bytes received from clients.",
+        self._disconnects = Counter(
+            "sidecar_client_disconnects",
+            "Clients that went away before their response was complete.",
+            ["phase"],
             registry=registry,
         )
-        self._response_bytes = Counter(
-            "sidecar_response_body_bytes",
-            "Response body bytes relayed to clients.",
+        self._overhead = Histogram(
+            "sidecar_proxy_overhead_seconds",
+            "Time a request spent inside the sidecar itself (not waiting on the client or upstream).",
+            buckets=OVERHEAD_BUCKETS,
             registry=registry,
         )
         for outcome in Outcome:
             self._outcomes.labels(outcome.value)
+        for phase in ("before_response", "mid_response"):
+            self._disconnects.labels(phase)
 
     def __call__(self, exchange: Exchange) -> None:
-        self._duration.labels(method_label(exchange.method), str(exchange.status)).observe(exchange.duration_s)
+        method = method_label(exchange.method)
+        route = exchange.route or "other"
+        self._duration.labels(method, str(exchange.status), route, exchange.error_type or "").observe(
+            exchange.duration_s, _exemplar(exchange)
+        )
+        self._request_size.labels(method, route).observe(exchange.request_body_bytes)
+        self._response_size.labels(method, route).observe(exchange.response_body_bytes)
         self._outcomes.labels(exchange.outcome.value).inc()
-        if exchange.request_body_bytes:
-            self._request_bytes.inc(exchange.request_body_bytes)
-        if exchange.response_body_bytes:
-            self._response_bytes.inc(exchange.response_body_bytes)
+        self._overhead.observe(exchange.proxy_overhead_s)
+        if exchange.outcome in _UPSTREAM_OUTCOMES:
+            self._upstream_errors.labels(exchange.error_type or "_OTHER").inc()
+        elif exchange.outcome is Outcome.CLIENT_CLOSED:
+            self._disconnects.labels("mid_response" if exchange.first_byte_s is not None else "before_response").inc()
+
+
+class GenAiMetrics:
+    """OpenTelemetry GenAI server metrics, from each Exchange that was a model call."""
+
+    def __init__(self, registry: CollectorRegistry, *, max_models: int, provider_name: str = "") -> None:
+        labels = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+        self._provider_name = provider_name
+        self._model = BoundedLabel(max_models)
+        self._duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "Model call duration, to the last byte of the answer.",
+            labels + ["error_type"],
+            buckets=GEN_AI_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first content-bearing chunk of a streamed answer.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self._tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, for streamed answers.",
+            labels,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self._tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per model call, by type (input or output).",
+            labels + ["gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self._unparsed = Counter(
+            "sidecar_gen_ai_unparsed",
+            "Model calls whose bodies could not be fully read (malformed, truncated, or over a parse limit).",
+            ["gen_ai_operation_name"],
+            registry=registry,
+        )
+
+    def __call__(self, exchange: Exchange) -> None:
+        call = exchange.gen_ai
+        if call is None:
+            return
+        labels = (
+            call.operation,
+            self._provider_name or _DEFAULT_PROVIDERS.get(call.protocol, call.protocol),
+            self._model(call.request_model or call.response_model) or "unknown",
+        )
+        exemplar = _exemplar(exchange)
+        error_type = exchange.error_type or (str(exchange.status) if exchange.status >= 400 else "")
+        self._duration.labels(*labels, error_type).observe(exchange.duration_s, exemplar)
+        succeeded = not error_type
+        if succeeded and call.time_to_first_token_s is not None:
+            self._ttft.labels(*labels).observe(call.time_to_first_token_s, exemplar)
+        if succeeded and call.time_per_output_token_s is not None:
+            self._tpot.labels(*labels).observe(call.time_per_output_token_s, exemplar)
+        if call.input_tokens is not None:
+            self._tokens.labels(*labels, "input").observe(call.input_tokens)
+        if call.output_tokens is not None:
+            self._tokens.labels(*labels, "output").observe(call.output_tokens)
+        if call.parse_error is not None:
+            self._unparsed.labels(call.operation).inc()
 
 
 class HealthMetrics:
@@ -79,10 +216,7 @@ class HealthMetrics:
             registry=registry,
         )
         self._probes = Counter(
-            "sidecar_upstream_health_checks",
-            "Active health probes of the upstream, by result.",
-            ["result"],
-            registry=registry,
+            "sidecar_upstream_health_checks", "Active health probes of the upstream, by result.", ["result"], registry=registry
         )
         self._latency = Histogram(
             "sidecar_upstream_health_check_duration_seconds",
@@ -122,9 +256,7 @@ class LiveGauges(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
-            "http_server_active_requests",
-            "Requests being handled by the proxy right now.",
-            value=self._active_requests(),
+            "http_server_active_requests", "Requests being handled by the proxy right now.", value=self._active_requests()
         )
         yield GaugeMetricFamily(
             "sidecar_draining",

@@ -35,8 +35,11 @@ async def test_metrics_parse_in_both_formats_and_count_requests(upstream: TestUp
         "http_server_request_duration_seconds",
         "http_server_active_requests",
         "sidecar_exchanges",
-        "sidecar_request_body_bytes",
-        "sidecar_response_body_bytes",
+        "http_server_request_body_size_bytes",
+        "http_server_response_body_size_bytes",
+        "sidecar_proxy_overhead_seconds",
+        "sidecar_upstream_errors",
+        "sidecar_client_disconnects",
         "sidecar_build_info",
         "sidecar_upstream_health",
         "sidecar_draining",
@@ -51,7 +54,9 @@ async def test_metrics_parse_in_both_formats_and_count_requests(upstream: TestUp
     assert counts == {"200": 2, "503": 1}
     completed = [s.value for s in families["sidecar_exchanges"].samples if s.labels == {"outcome": "completed"} and s.name.endswith("_total")]
     assert completed == [3]
-    assert [s.value for s in families["sidecar_request_body_bytes"].samples if s.name.endswith("_total")] == [9]
+    sizes = families["http_server_request_body_size_bytes"].samples
+    assert [s.value for s in sizes if s.name.endswith("_sum")] == [9]
+    assert {s.labels["http_route"] for s in sizes} == {"other"}  # /echo is no known route
 
     content_type, text = await scrape(sidecar.admin_url, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
