@@ -61,6 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo_server.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo_server.add_argument("--tokens-per-second", type=float, default=0.0, metavar="N", help="pace generation (0: flat out)")
     demo_server.add_argument("--model-name", default=None, metavar="NAME", help="the name the model is served as")
+    demo_server.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
     demo_server.set_defaults(handler=_demo_server)
 
     reference = commands.add_parser(
@@ -181,7 +182,10 @@ def _demo_server(args: argparse.Namespace) -> int:
         print(f"--listen: got {args.listen!r}; expected {exc}", file=sys.stderr)
         return EXIT_USAGE
     settings = DemoSettings(
-        model_name=args.model_name or DEFAULT_MODEL_NAME, device=args.device, tokens_per_second=args.tokens_per_second
+        model_name=args.model_name or DEFAULT_MODEL_NAME,
+        device=args.device,
+        tokens_per_second=args.tokens_per_second,
+        threads=args.threads,
     )
 
     async def serve() -> None:

@@ -49,6 +49,9 @@ class DemoSettings:
     """Pace generation to this rate (0: as fast as the device goes)."""
     default_max_tokens: int = 64
     seed: int = 1234
+    threads: int = 1
+    """torch intra-op threads on the CPU: one is plenty for a model this small, and leaves
+    the other cores to the sidecar and clients sharing the machine."""
 
 
 def pick_device(choice: str) -> torch.device:
@@ -63,6 +66,7 @@ class DemoModelServer:
     def __init__(self, settings: DemoSettings) -> None:
         self.settings = settings
         self.device = pick_device(settings.device)
+        torch.set_num_threads(max(1, settings.threads))
         self.model = TinyDecoder(seed=settings.seed).to(self.device).eval()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-model")
         self.first_token_sent: OrderedDict[str, float] = OrderedDict()

@@ -20,6 +20,14 @@ def deterministic_bytes(size: int, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+FAULTS = {
+    "malformed-json": b'{"model": "m", "choices": [',
+    "truncated-sse": b'data: {"model": "m", "choices": [{"delta": {"content": "a"}}]}\n\ndata: {"model": "m", "cho',
+    "invalid-utf8": b'data: {"model": "\xff\xfe", "choices": []}\n\ndata: [DONE]\n\n',
+    "huge-line": b"data: " + b"x" * (10 << 20) + b"\n\ndata: [DONE]\n\n",
+}
+
+
 class TestUpstream:
     __test__ = False  # not a pytest class
 
@@ -58,6 +66,7 @@ class TestUpstream:
         app.router.add_get("/broken", self.broken)
         app.router.add_get("/hop-headers", self.hop_headers)
         app.router.add_get("/health", self.health)
+        app.router.add_post("/v1/chat/completions", self.chat)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, auto_decompress=False)
         await self._runner.setup()
         if unix_path is not None:
@@ -168,6 +177,23 @@ class TestUpstream:
         response.headers.add("X-End-To-End", "kept")
         response.headers.add("Set-Cookie", "a=1; Path=/")
         response.headers.add("Set-Cookie", "b=2; Path=/")
+        return response
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """A minimal chat completion echoing the model, or, with `X-Fault`, a broken answer."""
+        body = await request.read()
+        fault = request.headers.get("X-Fault")
+        if fault is None:
+            model = json.loads(body).get("model", "m")
+            return web.json_response({"model": model, "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": 1}})  # fmt: skip
+        payload = FAULTS[fault]
+        content_type = "application/json" if fault == "malformed-json" else "text/event-stream"
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        for start in range(0, len(payload), 1 << 20):
+            await response.write(payload[start : start + (1 << 20)])
+        await response.write_eof()
         return response
 
     async def health(self, request: web.Request) -> web.Response:
