@@ -308,6 +308,10 @@ class ProxyConfig(Section):
     request_id_header: str = "x-request-id"
     """Kept from the client when sane, generated otherwise, sent upstream and echoed back.
     Empty disables it."""
+    sse_keepalive: Duration = 0.0
+    """When above 0: during a silence this long in a server-sent-event stream (a long prefill),
+    send the client an SSE comment (`: keep-alive`), which SSE clients ignore, so load balancers
+    with idle timeouts keep the stream open. 0 turns it off."""
     forwarded: ForwardedHeadersConfig = ForwardedHeadersConfig()
 
 

@@ -44,6 +44,7 @@ from sidecar.proxy.llm.tap import ResponseTap
 # common case (a JSON chat request) needs no generator.
 _READ_WHOLE_BELOW = 64 * 1024
 
+_SSE_KEEPALIVE = b": keep-alive\n\n"
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 
@@ -67,6 +68,7 @@ class ProxySettings:
     llm_request_peek: int
     llm_max_body: int
     llm_max_line: int
+    sse_keepalive: float
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
@@ -94,6 +96,7 @@ class ProxySettings:
             llm_request_peek=int(config.llm.request_peek_bytes),
             llm_max_body=int(config.llm.max_parsed_body),
             llm_max_line=int(config.llm.max_event_bytes),
+            sse_keepalive=config.proxy.sse_keepalive,
         )
 
 
@@ -477,6 +480,24 @@ class ProxyHandler:
                 raise _BodyTooLarge
             yield chunk
 
+    @staticmethod
+    async def _read_keeping_alive(
+        content: aiohttp.StreamReader, response: web.StreamResponse, interval: float
+    ) -> bytes:
+        """The next chunk; an SSE comment goes to the client each `interval` of silence before it.
+
+        Only between whole events: a comment written inside an event would corrupt it.
+        """
+        while True:
+            deadline = asyncio.timeout(interval)
+            try:
+                async with deadline:
+                    return await content.readany()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # aiohttp's own idle timeout: the upstream has been silent too long
+                await response.write(_SSE_KEEPALIVE)
+
     async def _relay(
         self,
         request: web.BaseRequest,
@@ -512,13 +533,22 @@ class ProxyHandler:
         flight.overhead += flight.first_byte - flight.upstream_response_start  # type: ignore[operator]
 
         content = upstream.content
+        keepalive = 0.0
+        if settings.sse_keepalive and (flight.response_content_type or "").startswith("text/event-stream"):
+            keepalive = settings.sse_keepalive
+        at_event_boundary = True
         reading = True
         try:
             while True:
                 reading = True
-                chunk = await content.readany()
+                if keepalive and at_event_boundary:
+                    chunk = await self._read_keeping_alive(content, response, keepalive)
+                else:
+                    chunk = await content.readany()
                 if not chunk:
                     break
+                if keepalive:
+                    at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
                 arrived = time.perf_counter()
                 reading = False
                 await response.write(chunk)

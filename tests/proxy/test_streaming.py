@@ -8,6 +8,7 @@ and directly, in interleaved rounds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -109,3 +110,25 @@ async def test_time_to_first_byte_is_within_a_millisecond_of_direct(upstream: Te
     print(f"TTFB median direct {statistics.median(direct) * 1000:.3f} ms, via sidecar "
           f"{statistics.median(proxied) * 1000:.3f} ms, added {added_ms:.3f} ms")
     assert added_ms < 1.0
+
+
+async def test_sse_keepalive_comments_fill_a_long_silence_between_events(upstream: TestUpstream, make_sidecar):
+    sidecar = await make_sidecar(upstream.url, proxy__sse_keepalive="100ms", upstream__idle_timeout="5s")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/stall?chunks=2&sleep=0.55") as response:
+            body = await response.read()
+    events, _, comments = body.partition(b"data: 1\n\n")
+    assert events == b"data: 0\n\n"
+    assert 3 <= comments.count(b": keep-alive\n\n") <= 6
+    assert comments.replace(b": keep-alive\n\n", b"") == b""
+    assert sidecar.exchanges[0].outcome.value == "completed"
+
+
+async def test_sse_keepalive_does_not_hide_an_upstream_that_went_silent(upstream: TestUpstream, make_sidecar):
+    sidecar = await make_sidecar(upstream.url, proxy__sse_keepalive="100ms", upstream__idle_timeout="400ms")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/stall?chunks=1&sleep=10") as response:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    await asyncio.sleep(0.05)
+    assert sidecar.exchanges[0].error_type == "upstream_idle_timeout"
