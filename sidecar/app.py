@@ -160,7 +160,9 @@ class Sidecar:
             limits=_parser_limits(config),
             on_rejected=proxy.reject_unparsable,
         )
-        self._proxy_runner = web.ServerRunner(self._proxy_server, handle_signals=False, shutdown_timeout=_CANCEL_GRACE_S)
+        # Requests are drained and cancelled by stop() itself; aiohttp's own
+        # shutdown wait only has idle connections left to close.
+        self._proxy_runner = web.ServerRunner(self._proxy_server, handle_signals=False, shutdown_timeout=0.1)
         await self._proxy_runner.setup()
         self.proxy_address = await _listen(self._proxy_runner, config.proxy.listen, "proxy.listen")
 
@@ -217,6 +219,9 @@ class Sidecar:
                     "drain timeout: cancelling requests still in flight",
                     extra={"in_flight": proxy.active_requests},
                 )
+                # Cancelled here rather than by aiohttp's cleanup, so each is
+                # recorded as aborted by the sidecar, not as a client leaving.
+                await proxy.abort_in_flight(_CANCEL_GRACE_S)
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
         for task in list(self._reloads):
@@ -255,14 +260,17 @@ class Sidecar:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            # A signal during the drain still cuts it short.
+            # A signal during the drain still cuts it short; a SIGHUP must not
+            # kill the process (its default action) while streams finish.
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: logger.warning("reload ignored: shutting down"))
             try:
                 await self.stop()
             finally:
-                loop.remove_signal_handler(signal.SIGTERM)
-                loop.remove_signal_handler(signal.SIGINT)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the process exits
 
     # --- reload -------------------------------------------------------------
 
@@ -283,7 +291,7 @@ class Sidecar:
             return False
         changed = _changed_keys(self.config, new)
         needs_restart = [key for key in changed if key.startswith(RESTART_REQUIRED)]
-        self.apply_live(new)
+        self.apply_live(_keep_running_values(self.config, new))
         logger.info("config reloaded", extra={"changed": changed})
         if needs_restart:
             logger.warning(
@@ -336,6 +344,19 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def _keep_running_values(running: Config, new: Config) -> Config:
+    """`new` with every restart-only key set back to the value the process runs with."""
+    data = effective_config(new)
+    current = _flatten(effective_config(running))
+    for dotted in RESTART_REQUIRED:
+        section, _, key = dotted.rpartition(".")
+        target = data
+        for part in section.split(".") if section else ():
+            target = target[part]
+        target[key] = current[dotted]
+    return Config.model_validate(data)
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:

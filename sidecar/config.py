@@ -303,6 +303,10 @@ class ProxyConfig(Section):
     """More request header fields than this get 431."""
     max_url_bytes: Bytes = Field("8KiB", ge=256)  # type: ignore[assignment]
     """Longest request target (path and query); longer gets 414."""
+    client_timeout: PositiveDuration = 60.0
+    """Longest a client may stall: between chunks of its request body (then 408), or before
+    accepting more response bytes (then the connection is closed). A stalled client must not
+    hold an upstream connection forever."""
     drain_timeout: Duration = 30.0
     """On SIGTERM, how long in-flight requests (streams included) may take to finish."""
     request_id_header: str = "x-request-id"

@@ -141,3 +141,48 @@ async def test_port_in_use_fails_fast_with_the_key_named(tmp_path):
     assert process.returncode == 1
     assert f"proxy.listen: cannot listen on 127.0.0.1:{port}: address already in use" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def test_sighup_during_the_drain_does_not_kill_the_process(upstream: TestUpstream, tmp_path):
+    process = SidecarProcess(upstream.url, tmp_path, env={"SIDECAR_PROXY__DRAIN_TIMEOUT": "10s"})
+    await process.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{process.url}/sse?events=30&interval_ms=30") as response:
+                first = await response.content.readuntil(b"\n\n")
+                process.send(signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                process.send(signal.SIGHUP)
+                rest = await response.read()
+        returncode = await process.wait(10)
+    finally:
+        await process.stop()
+    assert returncode == 0, process.log
+    assert (first + rest).count(b"data: ") == 30
+    assert any(line["message"] == "reload ignored: shutting down" for line in log_lines(process))
+
+
+async def test_reload_keeps_restart_only_keys_at_their_running_values(upstream: TestUpstream, tmp_path):
+    from sidecar.app import ConfigSource, Sidecar
+
+    other = TestUpstream()
+    await other.start()
+    config_file = tmp_path / "sidecar.yaml"
+    body = "upstream:\n  url: {url}\n  health:\n    enabled: false\nproxy:\n  listen: 127.0.0.1:0\n  max_request_body: {size}\nadmin:\n  listen: 127.0.0.1:0\ndata_dir: {data}\n"
+    config_file.write_text(body.format(url=upstream.url, size="1MiB", data=tmp_path / "data"))
+    source = ConfigSource(config_file, env={})
+    sidecar = Sidecar(source.load(), source)
+    await sidecar.start()
+    try:
+        config_file.write_text(body.format(url=other.url, size="1KiB", data=tmp_path / "data"))
+        assert await sidecar.reload()
+        async with aiohttp.ClientSession() as client:
+            async with client.post(f"http://127.0.0.1:{sidecar.proxy_address.port}/echo", data=b"x" * 100) as response:
+                assert response.status == 200
+            async with client.post(f"http://127.0.0.1:{sidecar.proxy_address.port}/echo", data=b"x" * 2000) as response:
+                assert response.status == 413  # the live key changed
+        assert len(upstream.requests) == 1 and other.requests == []  # the restart-only key did not
+        assert str(sidecar.config.upstream.url) == upstream.url
+    finally:
+        await sidecar.stop()
+        await other.stop()

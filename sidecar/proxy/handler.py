@@ -45,6 +45,9 @@ from sidecar.proxy.llm.tap import ResponseTap
 _READ_WHOLE_BELOW = 64 * 1024
 
 _SSE_KEEPALIVE = b": keep-alive\n\n"
+# asyncio's default high-water mark for a transport's send buffer: below it a
+# write returns at once, so only writes that could cross it need a deadline.
+_SEND_BUFFER_HIGH_WATER = 64 * 1024
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 
@@ -58,7 +61,9 @@ class ProxySettings:
     upstream_authority: str
     pass_client_host: bool
     client_timeout: aiohttp.ClientTimeout
+    response_start_timeout: float
     idle_timeout: float
+    client_stall_timeout: float
     max_request_body: int
     max_header_bytes: int
     request_id_header: str
@@ -86,7 +91,9 @@ class ProxySettings:
                 # to idle_timeout once they have.
                 sock_read=upstream.response_start_timeout,
             ),
+            response_start_timeout=upstream.response_start_timeout,
             idle_timeout=upstream.idle_timeout,
+            client_stall_timeout=config.proxy.client_timeout,
             max_request_body=int(config.proxy.max_request_body),
             max_header_bytes=int(config.proxy.max_header_bytes),
             request_id_header=config.proxy.request_id_header,
@@ -130,6 +137,9 @@ class _Flight:
         "request_prefix",
         "request_complete",
         "overhead",
+        "client_body_timed_out",
+        "response_start_deadline",
+        "close_connection",
     )
 
     def __init__(self) -> None:
@@ -157,6 +167,9 @@ class _Flight:
         self.request_prefix: bytes | bytearray = b""
         self.request_complete = True
         self.overhead = 0.0
+        self.client_body_timed_out = False
+        self.response_start_deadline: asyncio.Timeout | None = None
+        self.close_connection = False
 
     def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
         if self.outcome is None:
@@ -227,6 +240,8 @@ class ProxyHandler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
+        self._aborting = False
+        self._tasks: set[asyncio.Task[object]] = set()
 
     @property
     def active_requests(self) -> int:
@@ -239,6 +254,13 @@ class ProxyHandler:
     def start_draining(self) -> None:
         """Answer every response from now on with `Connection: close`."""
         self._draining = True
+
+    async def abort_in_flight(self, grace: float) -> None:
+        """Cancel every request still in flight (drain timeout); wait up to `grace` for them to unwind."""
+        self._aborting = True
+        for task in list(self._tasks):
+            task.cancel()
+        await self.wait_idle(grace)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if `timeout` passed first."""
@@ -259,13 +281,16 @@ class ProxyHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         settings = self.settings
         flight = _Flight()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self._active += 1
         self._idle.clear()
         try:
             return await self._forward(request, settings, flight)
         except asyncio.CancelledError:
             transport = request.transport
-            if transport is None or transport.is_closing():
+            if not self._aborting and (transport is None or transport.is_closing()):
                 flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
                 if not flight.response_started:
                     flight.status = 499
@@ -275,6 +300,8 @@ class ProxyHandler:
                     flight.status = 503
             raise
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self._active -= 1
             if not self._active:
                 self._idle.set()
@@ -302,7 +329,7 @@ class ProxyHandler:
             request_id=flight.request_id,
             request_id_header=settings.request_id_header or None,
         )
-        if self._draining:
+        if self._draining or flight.close_connection:
             response.force_close()
         flight.response_body_bytes = len(response.body)  # type: ignore[arg-type]
         flight.first_byte = time.perf_counter()
@@ -332,6 +359,24 @@ class ProxyHandler:
                 "request_header_fields_too_large",
                 f"request headers total {header_bytes} bytes; the limit is {settings.max_header_bytes}",
             )
+        transfer_encoding = headers.get("Transfer-Encoding")
+        if transfer_encoding is not None:
+            if request.version < (1, 1):
+                return self._reject(
+                    flight, settings, 400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0 requests"
+                )
+            if transfer_encoding.strip().lower() != "chunked":
+                # Relaying other codings would hand the upstream an encoded body
+                # labelled as plain; nginx answers 501 too.
+                return self._reject(
+                    flight, settings, 501, "unsupported_transfer_coding",
+                    f"transfer coding {transfer_encoding!r} is not supported; only chunked is",
+                )  # fmt: skip
+        if "Upgrade" in headers:
+            # Protocol upgrades (WebSocket, h2c) are not proxied; the request goes
+            # upstream without Upgrade, and the connection closes after it
+            # because aiohttp treats what follows on it as upgraded bytes.
+            flight.close_connection = True
         declared_length = request.content_length
         if declared_length is not None and declared_length > settings.max_request_body:
             return self._reject(
@@ -365,9 +410,12 @@ class ProxyHandler:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if declared_length is not None and declared_length <= _READ_WHOLE_BELOW:
                 try:
-                    body = await request.read()
+                    async with asyncio.timeout(settings.client_stall_timeout):
+                        body = await request.read()
                 except ConnectionError:
                     return self._client_gone(flight)
+                except TimeoutError:
+                    return self._client_body_timeout(flight, settings)
                 flight.request_body_bytes = len(body)
                 if flight.tap is not None:
                     flight.request_prefix = body
@@ -388,15 +436,21 @@ class ProxyHandler:
         )
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
         flight.overhead = time.perf_counter() - flight.start
+        # aiohttp's read timeout only starts once the whole body is written; an
+        # upstream that stops reading a large body would hang the request. This
+        # deadline covers the send: the body stream pushes it back each time
+        # the upstream takes a chunk, and pauses it while waiting on the client.
+        deadline = flight.response_start_deadline = asyncio.timeout(settings.response_start_timeout)
         try:
-            upstream = await self._session.request(
-                request.method,
-                url,
-                headers=upstream_headers,
-                data=body,
-                allow_redirects=False,
-                timeout=settings.client_timeout,
-            )
+            async with deadline:
+                upstream = await self._session.request(
+                    request.method,
+                    url,
+                    headers=upstream_headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=settings.client_timeout,
+                )
         except Exception as exc:
             return self._upstream_failed(exc, flight, settings)
 
@@ -416,6 +470,15 @@ class ProxyHandler:
             upstream.close()
         return response
 
+    def _client_body_timeout(self, flight: _Flight, settings: ProxySettings) -> web.Response:
+        return self._reject(
+            flight,
+            settings,
+            408,
+            "client_body_timeout",
+            f"the request body stalled for more than {settings.client_stall_timeout:g}s",
+        )
+
     def _client_gone(self, flight: _Flight) -> web.Response:
         flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection", 499)
         # Nobody will read this; returning it lets aiohttp finish the request quietly.
@@ -424,6 +487,8 @@ class ProxyHandler:
     def _upstream_failed(self, exc: Exception, flight: _Flight, settings: ProxySettings) -> web.Response:
         if flight.client_body_failed:
             return self._client_gone(flight)
+        if flight.client_body_timed_out:
+            return self._client_body_timeout(flight, settings)
         if flight.body_too_large:
             return self._reject(
                 flight,
@@ -463,12 +528,22 @@ class ProxyHandler:
         if peek:
             flight.request_prefix = bytearray()
         content = request.content
+        deadline = flight.response_start_deadline
+        loop = asyncio.get_running_loop()
         while True:
+            if deadline is not None:
+                deadline.reschedule(None)  # waiting on the client now, not the upstream
             try:
-                chunk = await content.readany()
+                async with asyncio.timeout(settings.client_stall_timeout):
+                    chunk = await content.readany()
             except ConnectionError:
                 flight.client_body_failed = True
                 raise
+            except TimeoutError:
+                flight.client_body_timed_out = True
+                raise
+            if deadline is not None:
+                deadline.reschedule(loop.time() + settings.response_start_timeout)
             if not chunk:
                 return
             if peek and len(flight.request_prefix) < peek:
@@ -518,7 +593,7 @@ class ProxyHandler:
         tap = flight.tap
         if tap is not None:
             tap.begin(upstream.status, flight.response_content_type)
-        if self._draining:
+        if self._draining or flight.close_connection:
             response.force_close()
         connection = upstream.connection
         if connection is not None and connection.protocol is not None:
@@ -537,33 +612,56 @@ class ProxyHandler:
         if settings.sse_keepalive and (flight.response_content_type or "").startswith("text/event-stream"):
             keepalive = settings.sse_keepalive
         at_event_boundary = True
+        transport = request.transport
+        loop = asyncio.get_running_loop()
+        stall = settings.client_stall_timeout
+        # Armed only around writes that could block: a write waits only once
+        # the socket's send buffer is past its high-water mark (64 KiB), so
+        # the common case pays for no timer at all.
+        write_deadline = asyncio.timeout(None)
         reading = True
         try:
-            while True:
-                reading = True
-                if keepalive and at_event_boundary:
-                    chunk = await self._read_keeping_alive(content, response, keepalive)
-                else:
-                    chunk = await content.readany()
-                if not chunk:
-                    break
-                if keepalive:
-                    at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
-                arrived = time.perf_counter()
+            async with write_deadline:
+                while True:
+                    reading = True
+                    if keepalive and at_event_boundary:
+                        chunk = await self._read_keeping_alive(content, response, keepalive)
+                    else:
+                        chunk = await content.readany()
+                    if not chunk:
+                        break
+                    if keepalive:
+                        at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
+                    arrived = time.perf_counter()
+                    reading = False
+                    if transport is not None and transport.get_write_buffer_size() + len(chunk) > _SEND_BUFFER_HIGH_WATER:
+                        write_deadline.reschedule(loop.time() + stall)
+                        await response.write(chunk)
+                        write_deadline.reschedule(None)
+                    else:
+                        await response.write(chunk)
+                    flight.overhead += time.perf_counter() - arrived
+                    flight.response_body_bytes += len(chunk)
+                    flight.response_chunks += 1
+                    if tap is not None:
+                        # After the write: reading the chunk never delays it.
+                        tap.feed(chunk, arrived)
                 reading = False
-                await response.write(chunk)
-                flight.overhead += time.perf_counter() - arrived
-                flight.response_body_bytes += len(chunk)
-                flight.response_chunks += 1
-                if tap is not None:
-                    # After the write: reading the chunk never delays it.
-                    tap.feed(chunk, arrived)
-            reading = False
-            await response.write_eof()
+                write_deadline.reschedule(loop.time() + stall)
+                await response.write_eof()
         except Exception as exc:
             if not reading:
                 if isinstance(exc, ConnectionError):
                     flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
+                    return response
+                if isinstance(exc, TimeoutError) and write_deadline.expired():
+                    flight.fail(
+                        Outcome.ABORTED,
+                        "client_write_timeout",
+                        f"the client accepted no response bytes for {stall:g}s",
+                    )
+                    if transport is not None:
+                        transport.abort()
                     return response
                 raise
             if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):

@@ -31,7 +31,9 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"expect", "host"}
 _FORWARDED_FOR = "X-Forwarded-For"
 _FORWARDED_PROTO = "X-Forwarded-Proto"
 _FORWARDED_HOST = "X-Forwarded-Host"
-_FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+# Headers through which a client could claim another address; replaced or
+# dropped unless the hop in front is trusted.
+_FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
@@ -80,7 +82,8 @@ def upstream_request_headers(
         out[request_id_header] = request_id
     if forwarded:
         if client_ip:
-            prior = out.get(_FORWARDED_FOR) if trust_incoming_forwarded else None
+            # Several X-Forwarded-For lines form one list (RFC 9110 §5.3).
+            prior = ", ".join(out.getall(_FORWARDED_FOR, ())) if trust_incoming_forwarded else ""
             out[_FORWARDED_FOR] = f"{prior}, {client_ip}" if prior else client_ip
         if not (trust_incoming_forwarded and _FORWARDED_PROTO in out):
             out[_FORWARDED_PROTO] = scheme

@@ -228,3 +228,20 @@ async def test_exchange_describes_the_request(upstream: TestUpstream, make_sidec
     assert exchange.upstream == upstream.url
     assert exchange.principal.is_anonymous
     assert 0 < exchange.upstream_response_start_s <= exchange.first_byte_s <= exchange.duration_s
+
+
+async def test_other_address_claims_are_dropped_unless_trusted(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/echo", headers={"Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}) as response:
+            record = await response.json()
+    assert _header_values(record, "Forwarded") == [] and _header_values(record, "X-Real-IP") == []
+
+
+async def test_trusted_forwarded_for_lines_are_joined(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url, proxy__forwarded__trust_incoming=True)
+    async with aiohttp.ClientSession() as client:
+        headers = CIMultiDict([("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2")])
+        async with client.get(f"{sidecar.url}/echo", headers=headers) as response:
+            record = await response.json()
+    assert _header_values(record, "X-Forwarded-For") == ["10.0.0.1, 10.0.0.2, 127.0.0.1"]

@@ -218,3 +218,34 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(upstream:
     )
     assert status == 413
     assert_error_body(body, 413, "request_body_too_large")
+
+
+async def test_transfer_codings_other_than_chunked_get_501(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)
+    status, _, body = await raw_request(
+        sidecar, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    assert status == 501
+    assert_error_body(body, 501, "unsupported_transfer_coding")
+    assert upstream.requests == []
+
+
+async def test_transfer_encoding_in_http_1_0_is_refused(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)
+    status, headers, body = await raw_request(
+        sidecar, b"POST /echo HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    assert status == 400
+    assert "keep-alive" not in headers.get("Connection", "").lower()  # HTTP/1.0 closes by default
+    assert_error_body(body, 400, "bad_request")
+    assert upstream.requests == []
+
+
+async def test_upgrade_requests_are_answered_and_the_connection_closed(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)
+    status, headers, _ = await raw_request(
+        sidecar, b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert status == 200
+    assert headers.get("Connection") == "close"
+    assert "upgrade" not in {name.lower() for name, _ in upstream.requests[0]["headers"]}
