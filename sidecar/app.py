@@ -12,10 +12,12 @@ and the log names those that need a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from sidecar.proxy.health import HealthProber
 from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
 from sidecar.telemetry.admin import create_admin_app
+from sidecar.telemetry.tracing import Tracing
 from sidecar.telemetry.metrics import ExchangeMetrics, GenAiMetrics, HealthMetrics, LiveGauges, register_build_info
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Sidecar:
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._prober: HealthProber | None = None
+        self.tracing: Tracing | None = None
         self._stop_requested = asyncio.Event()
         self._cut_drain_short = asyncio.Event()
         self._reloads: set[asyncio.Task[bool]] = set()
@@ -141,12 +145,20 @@ class Sidecar:
         self.health_results.subscribe("metrics", HealthMetrics(self.registry))
 
         self._session = create_upstream_session(config.upstream)
-        self._proxy = ProxyHandler(ProxySettings.from_config(config), self._session, self.exchanges.publish)
+        if config.tracing.enabled:
+            self.tracing = Tracing(
+                config.tracing, config.instance_id or socket.gethostname(), provider_name=config.llm.provider_name
+            )
+        self._proxy = ProxyHandler(
+            ProxySettings.from_config(config), self._session, self.exchanges.publish, self.tracing
+        )
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy
         self.registry.register(
             LiveGauges(
                 active_requests=lambda: proxy.active_requests,
+                spans_dropped=lambda: self.tracing.spans_dropped if self.tracing else 0,
+                invalid_trace_headers=lambda: self.tracing.invalid_trace_headers if self.tracing else 0,
                 draining=lambda: proxy.draining,
                 observer_failures=lambda: {
                     f"{broadcast.name}/{name}": count
@@ -230,6 +242,13 @@ class Sidecar:
             await self._prober.stop()
         if self._session is not None:
             await self._session.close()
+        if self.tracing is not None:
+            # Flushing can wait on a slow collector; never on the event loop,
+            # and never past a few seconds (the export thread is a daemon).
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    await loop.run_in_executor(None, self.tracing.shutdown, 2.0)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         logger.info("sidecar stopped")

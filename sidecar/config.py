@@ -342,6 +342,34 @@ class MetricsConfig(Section):
     """Distinct model names given their own label value; later ones are counted as `other`."""
 
 
+class TracingConfig(Section):
+    """W3C trace propagation and OpenTelemetry spans."""
+
+    enabled: bool = True
+    """Continue callers' traces (W3C traceparent, tracestate, baggage) to the model server and
+    record trace ids on every request. Spans are exported only with an exporter."""
+    exporter: Literal["none", "otlp", "console"] = "none"
+    """otlp: OTLP over HTTP/protobuf to `endpoint`; console: print spans (debugging)."""
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OTel Collector)."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers on exports, e.g. an authorization header for a hosted collector."""
+    timeout: PositiveDuration = 10.0
+    """Per export request; exports run on a background thread and never hold up requests."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of new traces sampled; a caller's sampled flag is always followed (parent-based)."""
+    max_queue_size: int = Field(2048, ge=1)
+    """Spans waiting for export; when full, new spans are dropped and counted."""
+    max_export_batch_size: int = Field(512, ge=1)
+    """Spans sent per export request."""
+    schedule_delay: PositiveDuration = 5.0
+    """Longest wait before a partial batch is exported."""
+    service_name: str = "inference-sidecar"
+    """service.name on every span."""
+    resource_attributes: dict[str, str] = {}
+    """Extra OpenTelemetry resource attributes, e.g. deployment.environment.name: prod."""
+
+
 class AdminConfig(Section):
     """The operators' listener, separate from the proxy."""
 
@@ -370,10 +398,14 @@ class RuntimeConfig(Section):
 class Config(Section):
     data_dir: Path = Field(default_factory=default_data_dir)
     """Where the sidecar keeps its state (audit spool and files, rule state)."""
+    instance_id: str = ""
+    """This sidecar's name in traces and records (service.instance.id); empty: the host name,
+    which is the pod name in Kubernetes and stays the same across restarts."""
     upstream: UpstreamConfig = UpstreamConfig()
     proxy: ProxyConfig = ProxyConfig()
     llm: LlmConfig = LlmConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -621,6 +653,8 @@ def _describe_type(info: Any, default: Any) -> str:
         return "size"
     if "Literal" in str(info.annotation):
         return " \\| ".join(f"`{choice}`" for choice in info.annotation.__args__)
+    if isinstance(default, dict):
+        return "mapping"
     if isinstance(default, bool):
         return "boolean"
     if isinstance(default, int):

@@ -142,6 +142,8 @@ class Exchange:
     """Set for requests recognised as model calls."""
     trace_id: str | None = None
     span_id: str | None = None
+    trace_sampled: bool = False
+    """Whether the trace is being kept (exported) by the sidecar or a caller upstream of it."""
 
     @property
     def is_server_error(self) -> bool:

@@ -38,6 +38,7 @@ from sidecar.proxy.headers import client_response_headers, upstream_request_head
 from sidecar.proxy.llm.request import RequestFacts, read_request
 from sidecar.proxy.llm.routes import match_route
 from sidecar.proxy.llm.tap import ResponseTap
+from sidecar.telemetry.tracing import TRACE_HEADERS, ServerSpan, Tracing
 
 # Request bodies with a declared length up to this size are read whole before
 # the upstream request starts: one write instead of a chunked stream, and the
@@ -140,11 +141,14 @@ class _Flight:
         "client_body_timed_out",
         "response_start_deadline",
         "close_connection",
+        "start_ns",
+        "span",
     )
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.started_at = time.time()
+        self.start_ns = time.time_ns()
+        self.started_at = self.start_ns / 1e9
         self.request_id: str | None = None
         self.request_body_bytes = 0
         self.status = 0
@@ -170,6 +174,7 @@ class _Flight:
         self.client_body_timed_out = False
         self.response_start_deadline: asyncio.Timeout | None = None
         self.close_connection = False
+        self.span: ServerSpan | None = None
 
     def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
         if self.outcome is None:
@@ -181,6 +186,7 @@ class _Flight:
         end = time.perf_counter()
         start = self.start
         headers = request.headers
+        trace_id, span_id, sampled = self.span.ids() if self.span is not None else (None, None, False)
         gen_ai = None
         if self.tap is not None:
             facts = (
@@ -221,6 +227,9 @@ class _Flight:
             principal=ANONYMOUS,
             route=self.route,
             gen_ai=gen_ai,
+            trace_id=trace_id,
+            span_id=span_id,
+            trace_sampled=sampled,
         )
 
 
@@ -232,10 +241,12 @@ class ProxyHandler:
         settings: ProxySettings,
         session: aiohttp.ClientSession,
         publish: Callable[[Exchange], None],
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self._session = session
         self._publish = publish
+        self._tracing = tracing
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -305,7 +316,10 @@ class ProxyHandler:
             self._active -= 1
             if not self._active:
                 self._idle.set()
-            self._publish(flight.exchange(request, settings))
+            exchange = flight.exchange(request, settings)
+            if flight.span is not None and self._tracing is not None:
+                self._tracing.finish(flight.span, exchange)
+            self._publish(exchange)
 
     def _reject(
         self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str
@@ -388,6 +402,9 @@ class ProxyHandler:
             )
 
         route, path_model = match_route(request.method, request.path)
+        tracing = self._tracing
+        if tracing is not None:
+            flight.span = tracing.start(headers, request.method, route.template if route else None, flight.start_ns)
         if route is not None:
             flight.route = route.template
             if route.protocol is not None and route.operation is not None and settings.llm_enabled:
@@ -433,7 +450,10 @@ class ProxyHandler:
             trust_incoming_forwarded=settings.trust_incoming_forwarded,
             request_id_header=settings.request_id_header,
             request_id=flight.request_id,
+            replaced=TRACE_HEADERS if flight.span is not None else frozenset(),
         )
+        if flight.span is not None and tracing is not None:
+            tracing.inject(flight.span, upstream_headers)
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
         flight.overhead = time.perf_counter() - flight.start
         # aiohttp's read timeout only starts once the whole body is written; an

@@ -69,9 +69,14 @@ def upstream_request_headers(
     trust_incoming_forwarded: bool,
     request_id_header: str,
     request_id: str | None,
+    replaced: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
-    """Headers for the upstream request built from the client's request headers."""
-    drop = _NOT_FORWARDED_UPSTREAM
+    """Headers for the upstream request built from the client's request headers.
+
+    `replaced` names headers the caller writes itself (the trace context), so
+    the client's copies are not forwarded beside them.
+    """
+    drop = _NOT_FORWARDED_UPSTREAM | replaced
     if forwarded and not trust_incoming_forwarded:
         drop = drop | _FORWARDED
     if request_id is not None:

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.exchange import Exchange, HealthResult, HealthState, Outcome
+from sidecar.telemetry.semconv import method_label, provider_name
 
 # OpenTelemetry's advice for http.server.request.duration, extended upward:
 # model calls routinely outlast its 10 s top bucket.
@@ -39,13 +40,7 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 TOKEN_BUCKETS = tuple(float(4**n) for n in range(14))  # 1 .. 67,108,864
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _UPSTREAM_OUTCOMES = frozenset({Outcome.UPSTREAM_UNAVAILABLE, Outcome.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_ERROR})
-_DEFAULT_PROVIDERS = {"openai": "openai", "openai_responses": "openai", "tgi": "tgi", "ollama": "ollama", "kserve": "kserve"}
-
-
-def method_label(method: str) -> str:
-    return method if method in _KNOWN_METHODS else "_OTHER"
 
 
 class BoundedLabel:
@@ -68,7 +63,8 @@ class BoundedLabel:
 
 
 def _exemplar(exchange: Exchange) -> dict[str, str] | None:
-    return {"trace_id": exchange.trace_id} if exchange.trace_id else None
+    # Only sampled traces: an exemplar pointing at a trace nobody kept is a dead link.
+    return {"trace_id": exchange.trace_id} if exchange.trace_id and exchange.trace_sampled else None
 
 
 class ExchangeMetrics:
@@ -186,7 +182,7 @@ class GenAiMetrics:
             return
         labels = (
             call.operation,
-            self._provider_name or _DEFAULT_PROVIDERS.get(call.protocol, call.protocol),
+            provider_name(self._provider_name, call.protocol),
             self._model(call.request_model or call.response_model) or "unknown",
         )
         exemplar = _exemplar(exchange)
@@ -249,8 +245,12 @@ class LiveGauges(Collector):
         active_requests: Callable[[], int],
         draining: Callable[[], bool],
         observer_failures: Callable[[], dict[str, int]],
+        spans_dropped: Callable[[], int],
+        invalid_trace_headers: Callable[[], int],
     ) -> None:
         self._active_requests = active_requests
+        self._spans_dropped = spans_dropped
+        self._invalid_trace_headers = invalid_trace_headers
         self._draining = draining
         self._observer_failures = observer_failures
 
@@ -271,3 +271,13 @@ class LiveGauges(Collector):
         for name, count in sorted(self._observer_failures().items()):
             failures.add_metric([name], count)
         yield failures
+        yield CounterMetricFamily(
+            "sidecar_spans_dropped",
+            "Spans dropped because the export queue was full (collector down, slow or unreachable).",
+            value=self._spans_dropped(),
+        )
+        yield CounterMetricFamily(
+            "sidecar_trace_context_invalid",
+            "Requests whose traceparent header was malformed; each started a new trace.",
+            value=self._invalid_trace_headers(),
+        )

@@ -21,7 +21,7 @@ def exchange(**changes) -> Exchange:
         request_body_bytes=10, status=200, response_content_type="text/event-stream", response_body_bytes=100,
         response_chunks=5, outcome=Outcome.COMPLETED, error_type=None, error_message=None, duration_s=1.5,
         upstream_response_start_s=0.1, first_byte_s=0.1, proxy_overhead_s=0.0002, upstream="http://u",
-        upstream_status=200, route="/v1/chat/completions", trace_id=TRACE_ID,
+        upstream_status=200, route="/v1/chat/completions", trace_id=TRACE_ID, trace_sampled=True,
         gen_ai=GenAiCall(protocol="openai", operation="chat", request_model="llama", response_model="llama-3",
                          stream=True, input_tokens=30, output_tokens=50, input_token_source=TokenSource.REPORTED,
                          output_token_source=TokenSource.REPORTED, finish_reasons=("stop",), time_to_first_token_s=0.25,

@@ -1,0 +1,204 @@
+"""Trace propagation and one SERVER span per request, with OpenTelemetry's SDK.
+
+The incoming W3C `traceparent`/`tracestate` and `baggage` are extracted with
+the SDK's propagators; a malformed or oversized header is ignored (a new trace
+starts) and counted, never answered with an error. The upstream request
+carries a `traceparent` whose parent is the sidecar's SERVER span, and the
+client's `baggage` header byte for byte: re-serialising it with the SDK would
+turn `%20` into `+` (opentelemetry-python#5566, form encoding where W3C Baggage
+requires percent encoding), changing values for any compliant reader. There is no separate CLIENT span for the upstream call: it would
+double the spans exported per request while adding little, since the model
+server's own spans nest under the sidecar's span and the Exchange already
+records when the upstream answered (`upstream_response_start_s`).
+
+Spans follow the HTTP server conventions (name `{method} {route}`, stable
+`http.*`, `url.*`, `server.*`, `client.*` attributes) plus the GenAI ones for
+model calls, an event at the first token, and ERROR status for 5xx and
+timeouts. Prompt and completion content are never recorded.
+
+Export runs on the SDK's batch processor thread with a bounded queue: a
+collector that is down or hanging fills the queue, spans are dropped and
+counted (`sidecar_spans_dropped_total`), and requests never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar import __version__
+from sidecar.config import TracingConfig
+from sidecar.exchange import Exchange, Outcome
+from sidecar.telemetry.semconv import KNOWN_METHODS, method_label, provider_name
+
+# Written by the sidecar on upstream requests; the client's copies are not forwarded.
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, counting the spans it drops when its queue is full.
+
+    The SDK logs a warning per dropped span (a flood exactly when the collector
+    is down) and exposes no count; this keeps a count for `/metrics` instead.
+    """
+
+    def __init__(self, exporter: SpanExporter, **kwargs: float) -> None:
+        super().__init__(exporter, **kwargs)  # type: ignore[arg-type]
+        self.dropped = 0
+        self._queue_limit = int(kwargs.get("max_queue_size") or 2048)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and len(queue) >= self._queue_limit:
+            self.dropped += 1
+        super().on_end(span)
+
+
+def _exporter(config: TracingConfig) -> SpanExporter | None:
+    if config.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers), timeout=config.timeout)
+    if config.exporter == "console":
+        return ConsoleSpanExporter()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpan:
+    """A request's span, the context it continued (with its baggage), and when it began."""
+
+    span: Span
+    parent: Context
+    start_ns: int
+
+    def ids(self) -> tuple[str | None, str | None, bool]:
+        """(trace id, span id, sampled), as lower-case hex."""
+        context = self.span.get_span_context()
+        if not context.is_valid:
+            return None, None, False
+        return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id), context.trace_flags.sampled
+
+
+class Tracing:
+    """Extracts, starts, injects and ends the proxy's spans."""
+
+    def __init__(self, config: TracingConfig, instance_id: str, provider_name: str = "") -> None:
+        self.config = config
+        self._provider_name = provider_name
+        self.invalid_trace_headers = 0
+        # One warning per dropped span is noise; the count goes to /metrics.
+        logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
+        attributes: dict[str, str] = {
+            "service.name": config.service_name,
+            "service.version": __version__,
+            "service.instance.id": instance_id,
+            "host.name": socket.gethostname(),
+        }
+        attributes.update(config.resource_attributes)
+        exporter = _exporter(config)
+        # Without an exporter, follow the caller's sampling decision (so the
+        # flag reaches the model server unchanged) but start no new traces.
+        root = TraceIdRatioBased(config.sample_ratio) if exporter is not None else ALWAYS_OFF
+        self._provider = TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(root))
+        self._processor: CountingBatchSpanProcessor | None = None
+        if exporter is not None:
+            self._processor = CountingBatchSpanProcessor(
+                exporter,
+                max_queue_size=config.max_queue_size,
+                max_export_batch_size=min(config.max_export_batch_size, config.max_queue_size),
+                schedule_delay_millis=config.schedule_delay * 1000,
+                export_timeout_millis=config.timeout * 1000,
+            )
+            self._provider.add_span_processor(self._processor)
+        self._tracer = self._provider.get_tracer("inference-sidecar", __version__)
+        self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+        self._trace_context = TraceContextTextMapPropagator()
+
+    @property
+    def spans_dropped(self) -> int:
+        return self._processor.dropped if self._processor is not None else 0
+
+    def start(self, headers: CIMultiDictProxy[str], method: str, route: str | None, start_ns: int) -> ServerSpan:
+        """Continue the caller's trace (or start one) with a SERVER span that began at `start_ns`."""
+        parent = self._propagator.extract(headers)
+        if "traceparent" in headers and not trace.get_current_span(parent).get_span_context().is_valid:
+            self.invalid_trace_headers += 1
+        known = method in KNOWN_METHODS
+        name = f"{method} {route}" if route and known else (method if known else "HTTP")
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=start_ns)
+        return ServerSpan(span, parent, start_ns)  # type: ignore[arg-type]
+
+    def inject(self, server_span: ServerSpan, headers: CIMultiDict[str]) -> None:
+        """Write `traceparent` (parent: the server span) and `tracestate` into upstream headers."""
+        context = trace.set_span_in_context(server_span.span, server_span.parent)
+        self._trace_context.inject(headers, context=context)
+
+    def finish(self, server_span: ServerSpan, exchange: Exchange) -> None:
+        """Describe the exchange on the span and end it when the exchange ended."""
+        span, start_ns = server_span.span, server_span.start_ns
+        if not span.is_recording():
+            span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
+            return
+        method = method_label(exchange.method)
+        host, _, port = exchange.host.rpartition(":") if ":" in exchange.host else (exchange.host, "", "")
+        attributes: dict[str, object] = {
+            "http.request.method": method,
+            "url.path": exchange.path,
+            "url.scheme": exchange.scheme,
+            "http.response.status_code": exchange.status,
+            "network.protocol.version": exchange.http_version,
+            "server.address": host,
+        }
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = exchange.method
+        if port.isdigit():
+            attributes["server.port"] = int(port)
+        if exchange.route:
+            attributes["http.route"] = exchange.route
+        if exchange.client_address:
+            attributes["client.address"] = exchange.client_address
+        if exchange.user_agent:
+            attributes["user_agent.original"] = exchange.user_agent
+        failed = exchange.status >= 500 or exchange.outcome is Outcome.UPSTREAM_TIMEOUT
+        if exchange.error_type or failed:
+            attributes["error.type"] = exchange.error_type or str(exchange.status)
+        call = exchange.gen_ai
+        if call is not None:
+            attributes["gen_ai.operation.name"] = call.operation
+            attributes["gen_ai.provider.name"] = provider_name(self._provider_name, call.protocol)
+            for key, value in (
+                ("gen_ai.request.model", call.request_model),
+                ("gen_ai.response.model", call.response_model),
+                ("gen_ai.usage.input_tokens", call.input_tokens),
+                ("gen_ai.usage.output_tokens", call.output_tokens),
+            ):
+                if value is not None:
+                    attributes[key] = value
+            if call.finish_reasons:
+                attributes["gen_ai.response.finish_reasons"] = list(call.finish_reasons)
+            if call.time_to_first_token_s is not None:
+                span.add_event("gen_ai.first_token", timestamp=start_ns + int(call.time_to_first_token_s * 1e9))
+        span.set_attributes(attributes)  # type: ignore[arg-type]
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, exchange.error_message or None))
+        span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
+
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """Flush what is queued within `timeout_s`, then stop; blocks, so run it off the loop."""
+        if self._processor is not None:
+            self._processor.force_flush(int(timeout_s * 1000))
+        self._provider.shutdown()
