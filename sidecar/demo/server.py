@@ -196,19 +196,13 @@ class DemoModelServer:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         self._check_model(body.get("model"))
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list")
-        prompt = "".join(f"{m.get('role', 'user')}: {_text_of(m.get('content'))}\n" for m in messages if isinstance(m, dict)) + "assistant: "
+        prompt = _chat_prompt(body.get("messages")) + "assistant: "
         return await self._openai(request, body, prompt, "chat.completion")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         self._check_model(body.get("model"))
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
-        return await self._openai(request, body, prompt, "text_completion")
+        return await self._openai(request, body, _string(body, "prompt"), "text_completion")
 
     async def _openai(self, request: web.Request, body: dict[str, Any], prompt: str, kind: str) -> web.StreamResponse:
         generation = self._generation(prompt, body)
@@ -258,9 +252,7 @@ class DemoModelServer:
     async def predict(self, request: web.Request) -> web.Response:
         self._check_model(request.match_info["name"])
         body = await self._json(request)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
+        prompt = _string(body, "prompt")
         image = body.get("image_url")
         if image is not None and not isinstance(image, str):
             raise BadRequest("image_url must be a string")
@@ -272,9 +264,7 @@ class DemoModelServer:
     # --- TGI -------------------------------------------------------------------
 
     def _tgi_generation(self, body: dict[str, Any]) -> Generation:
-        inputs = body.get("inputs")
-        if not isinstance(inputs, str):
-            raise BadRequest("inputs must be a string")
+        inputs = _string(body, "inputs")
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("parameters must be an object")
@@ -308,18 +298,12 @@ class DemoModelServer:
     async def ollama_generate(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         self._check_model(body.get("model"))
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
-        return await self._ollama(request, body, prompt, lambda text: {"response": text})
+        return await self._ollama(request, body, _string(body, "prompt"), lambda text: {"response": text})
 
     async def ollama_chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         self._check_model(body.get("model"))
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise BadRequest("messages must be a list")
-        prompt = "".join(f"{m.get('role', 'user')}: {_text_of(m.get('content'))}\n" for m in messages if isinstance(m, dict))
+        prompt = _chat_prompt(body.get("messages"))
         return await self._ollama(request, body, prompt, lambda text: {"message": {"role": "assistant", "content": text}})
 
     async def _ollama(self, request: web.Request, body: dict[str, Any], prompt: str, content: Callable[[str], dict[str, Any]]) -> web.StreamResponse:
@@ -359,6 +343,20 @@ class DemoModelServer:
         if sent is None:
             raise web.HTTPNotFound()
         return web.json_response({"first_token_sent_at": sent})
+
+
+def _string(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+def _chat_prompt(messages: object) -> str:
+    """Messages as `role: text` lines, the prompt the tiny model continues."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    return "".join(f"{m.get('role', 'user')}: {_text_of(m.get('content'))}\n" for m in messages if isinstance(m, dict))
 
 
 def _text_of(content: object) -> str:

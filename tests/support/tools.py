@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -40,3 +41,11 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def serve_on_loopback(app: web.Application, **runner_options: object) -> tuple[web.AppRunner, int]:
+    """Start `app` on 127.0.0.1 on a free port; returns its runner and the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, **runner_options)  # type: ignore[arg-type]
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]

@@ -15,6 +15,8 @@ import time
 
 from aiohttp import web
 
+from tests.support.tools import serve_on_loopback
+
 
 def deterministic_bytes(size: int, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
@@ -67,15 +69,12 @@ class TestUpstream:
         app.router.add_get("/hop-headers", self.hop_headers)
         app.router.add_get("/health", self.health)
         app.router.add_post("/v1/chat/completions", self.chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, auto_decompress=False)
+        if unix_path is None:
+            self._runner, self.port = await serve_on_loopback(app, auto_decompress=False)
+            return
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, auto_decompress=False)
         await self._runner.setup()
-        if unix_path is not None:
-            site: web.BaseSite = web.UnixSite(self._runner, unix_path)
-            await site.start()
-        else:
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = self._runner.addresses[0][1]
+        await web.UnixSite(self._runner, unix_path).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
