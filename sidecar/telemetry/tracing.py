@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -73,7 +74,8 @@ def _exporter(config: TracingConfig) -> SpanExporter | None:
 
         return OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers), timeout=config.timeout)
     if config.exporter == "console":
-        return ConsoleSpanExporter()
+        # Passed explicitly: the SDK's default is the sys.stdout of when it was imported.
+        return ConsoleSpanExporter(out=sys.stdout)
     return None
 
 

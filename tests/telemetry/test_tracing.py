@@ -164,3 +164,13 @@ async def test_a_collector_that_is_down_never_slows_requests(upstream: TestUpstr
     # this only guards against that. The side-by-side figures are the benchmark's.
     assert p99 < 100, f"p99 {p99:.1f} ms"
     assert statistics.median(latencies) < 0.05
+
+
+async def test_console_exporter_prints_spans_and_shutdown_flushes_them(upstream: TestUpstream, make_sidecar: SidecarFactory, capsys):
+    sidecar = await make_sidecar(upstream.url, tracing__exporter="console", tracing__schedule_delay="1h")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/echo", headers={"traceparent": TRACEPARENT}) as response:
+            await response.read()
+    await sidecar.sidecar.stop()  # flushes: the hour-long batch delay never passes
+    out = capsys.readouterr().out
+    assert '"name": "GET"' in out and f'"trace_id": "0x{TRACE_ID}"' in out
