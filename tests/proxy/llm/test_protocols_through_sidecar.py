@@ -90,6 +90,7 @@ async def test_model_call_is_read_from_the_wire(demo: DemoProcess, make_sidecar:
             for exchange in sidecar.exchanges[1:]
         ]
         report = ", ".join(f"{offset * 1000:.2f}" for offset in offsets) + " ms"
+        print(f"{name}: first-token offsets vs the demo server: {report}")
         assert abs(statistics.median(offsets)) < 0.002, report
         assert max(abs(offset) for offset in offsets) < 0.010, report
         assert 0 < call.time_per_output_token_s < call.time_to_first_token_s + 1
