@@ -64,6 +64,19 @@ def _build_parser() -> argparse.ArgumentParser:
     demo_server.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
     demo_server.set_defaults(handler=_demo_server)
 
+    bench = commands.add_parser(
+        "bench", help="measure the sidecar beside direct access, a bare aiohttp proxy and nginx"
+    )
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    bench.add_argument("--duration", type=float, default=5.0, metavar="S", help="seconds per target per round (default 5)")
+    bench.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds (default 3)")
+    bench.add_argument(
+        "--scenarios", default="latency,throughput,sse,memory", metavar="LIST",
+        help="comma-separated: latency, throughput, sse, memory (default: all)",
+    )  # fmt: skip
+    bench.add_argument("--memory-duration", type=float, default=60.0, metavar="S", help="steady-load seconds for memory (default 60)")
+    bench.set_defaults(handler=_bench)
+
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference (Markdown) with every key and default"
     )
@@ -199,6 +212,21 @@ def _demo_server(args: argparse.Namespace) -> int:
         await runner.cleanup()
 
     asyncio.run(serve())
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from sidecar.bench.run import SCENARIOS, format_table, run_bench
+
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        print(f"--scenarios: unknown {', '.join(unknown)}; expected some of {', '.join(SCENARIOS)}", file=sys.stderr)
+        return EXIT_USAGE
+    results = asyncio.run(run_bench(args.duration, args.rounds, scenarios, args.memory_duration))
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
     return EXIT_OK
 
 

@@ -1,0 +1,42 @@
+"""A few-second run of `sidecar bench`, so the harness keeps working; the figures are not judged here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.tools import require_tool
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_runs_every_scenario_against_every_target():
+    require_tool("wrk")
+    require_tool("nginx")
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "bench", "--json", "--duration", "0.5", "--rounds", "1", "--memory-duration", "1"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    expected = ["direct", "sidecar (defaults)", "sidecar (everything off)", "bare aiohttp proxy", "nginx"]
+    assert results["targets"] == expected
+    assert results["throughput"]["tool"] == "wrk"
+    for name in expected:
+        assert results["latency"][name]["p50_ms"] > 0
+        assert results["throughput"][name]["requests_per_s"] > 0
+        assert results["sse"][name]["reads_per_100_events"] > 50
+    assert results["memory"]["requests"] > 0
+    assert set(results["ratios"]) == {"sidecar/direct", "sidecar/bare aiohttp proxy", "sidecar/nginx"}
+    assert {"added_p50_ms", "throughput_vs_bare", "sse_reads_per_100", "rss_growth_mb"} <= results["goals"].keys()
+
+
+def test_bench_rejects_unknown_scenarios():
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "bench", "--scenarios", "latency,speed"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "unknown speed" in result.stderr
