@@ -6,11 +6,12 @@ response out, on the same server and client classes the sidecar uses.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import aiohttp
 from aiohttp import web
+
+from sidecar.bench.serving import run, serve_forever
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "host", "te", "upgrade", "proxy-connection"}
 
@@ -33,17 +34,8 @@ async def serve(port: int, upstream: str) -> None:
             await response.write_eof()
             return response
 
-    runner = web.ServerRunner(web.Server(handle, access_log=None))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    await serve_forever(handle, port)
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-
-        uvloop.run(serve(int(sys.argv[1]), sys.argv[2]))
-    except ImportError:
-        asyncio.run(serve(int(sys.argv[1]), sys.argv[2]))
+    run(serve(int(sys.argv[1]), sys.argv[2]))

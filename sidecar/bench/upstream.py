@@ -9,6 +9,8 @@ import time
 
 from aiohttp import web
 
+from sidecar.bench.serving import run, serve_forever
+
 BODY = json.dumps(
     {
         "id": "cmpl-bench",
@@ -37,19 +39,5 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
     return web.Response(body=BODY, content_type="application/json")
 
 
-async def serve(port: int) -> None:
-    server = web.Server(handle, access_log=None)
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    try:
-        import uvloop
-
-        uvloop.run(serve(int(sys.argv[1])))
-    except ImportError:
-        asyncio.run(serve(int(sys.argv[1])))
+    run(serve_forever(handle, int(sys.argv[1])))
