@@ -21,6 +21,7 @@ Failure mapping (status, Exchange outcome, error type):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -46,9 +47,6 @@ from sidecar.telemetry.tracing import TRACE_HEADERS, ServerSpan, Tracing
 _READ_WHOLE_BELOW = 64 * 1024
 
 _SSE_KEEPALIVE = b": keep-alive\n\n"
-# asyncio's default high-water mark for a transport's send buffer: below it a
-# write returns at once, so only writes that could cross it need a deadline.
-_SEND_BUFFER_HIGH_WATER = 64 * 1024
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 
@@ -457,10 +455,16 @@ class ProxyHandler:
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
         flight.overhead = time.perf_counter() - flight.start
         # aiohttp's read timeout only starts once the whole body is written; an
-        # upstream that stops reading a large body would hang the request. This
-        # deadline covers the send: the body stream pushes it back each time
-        # the upstream takes a chunk, and pauses it while waiting on the client.
-        deadline = flight.response_start_deadline = asyncio.timeout(settings.response_start_timeout)
+        # upstream that stops reading a streamed (large) body would hang the
+        # request. This deadline covers the send: the body stream pushes it back
+        # each time the upstream takes a chunk, and pauses it while waiting on
+        # the client. A body read whole (64 KiB at most) fits in the socket
+        # buffers, so aiohttp's own timeout covers it and no timer is needed.
+        deadline: asyncio.Timeout | contextlib.nullcontext[None]
+        if isinstance(body, bytes) or body is None:
+            deadline = contextlib.nullcontext()
+        else:
+            deadline = flight.response_start_deadline = asyncio.timeout(settings.response_start_timeout)
         try:
             async with deadline:
                 upstream = await self._session.request(
@@ -576,6 +580,32 @@ class ProxyHandler:
             yield chunk
 
     @staticmethod
+    async def _write_within(
+        response: web.StreamResponse,
+        chunk: bytes | None,
+        stall: float,
+        flight: _Flight,
+        transport: asyncio.Transport,
+    ) -> bool:
+        """Write `chunk` (or end the body when None) unless the client stalls past `stall`.
+
+        False when it stalled: the connection is then cut and the exchange
+        recorded as aborted, since a client that stopped reading would
+        otherwise hold an upstream connection forever.
+        """
+        try:
+            async with asyncio.timeout(stall):
+                if chunk is None:
+                    await response.write_eof()
+                else:
+                    await response.write(chunk)
+        except TimeoutError:
+            flight.fail(Outcome.ABORTED, "client_write_timeout", f"the client accepted no response bytes for {stall:g}s")
+            transport.abort()
+            return False
+        return True
+
+    @staticmethod
     async def _read_keeping_alive(
         content: aiohttp.StreamReader, response: web.StreamResponse, interval: float
     ) -> bytes:
@@ -633,55 +663,45 @@ class ProxyHandler:
             keepalive = settings.sse_keepalive
         at_event_boundary = True
         transport = request.transport
-        loop = asyncio.get_running_loop()
-        stall = settings.client_stall_timeout
-        # Armed only around writes that could block: a write waits only once
-        # the socket's send buffer is past its high-water mark (64 KiB), so
+        # A write waits only once the transport's send buffer passes its
+        # high-water mark; only writes that could cross it get a deadline, so
         # the common case pays for no timer at all.
-        write_deadline = asyncio.timeout(None)
+        high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
         reading = True
         try:
-            async with write_deadline:
-                while True:
-                    reading = True
-                    if keepalive and at_event_boundary:
-                        chunk = await self._read_keeping_alive(content, response, keepalive)
-                    else:
-                        chunk = await content.readany()
-                    if not chunk:
-                        break
-                    if keepalive:
-                        at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
-                    arrived = time.perf_counter()
-                    reading = False
-                    if transport is not None and transport.get_write_buffer_size() + len(chunk) > _SEND_BUFFER_HIGH_WATER:
-                        write_deadline.reschedule(loop.time() + stall)
-                        await response.write(chunk)
-                        write_deadline.reschedule(None)
-                    else:
-                        await response.write(chunk)
-                    flight.overhead += time.perf_counter() - arrived
-                    flight.response_body_bytes += len(chunk)
-                    flight.response_chunks += 1
-                    if tap is not None:
-                        # After the write: reading the chunk never delays it.
-                        tap.feed(chunk, arrived)
+            while True:
+                reading = True
+                if keepalive and at_event_boundary:
+                    chunk = await self._read_keeping_alive(content, response, keepalive)
+                else:
+                    chunk = await content.readany()
+                if not chunk:
+                    break
+                if keepalive:
+                    at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
+                arrived = time.perf_counter()
                 reading = False
-                write_deadline.reschedule(loop.time() + stall)
+                if transport is not None and transport.get_write_buffer_size() + len(chunk) > high_water:
+                    if not await self._write_within(response, chunk, settings.client_stall_timeout, flight, transport):
+                        return response
+                else:
+                    await response.write(chunk)
+                flight.overhead += time.perf_counter() - arrived
+                flight.response_body_bytes += len(chunk)
+                flight.response_chunks += 1
+                if tap is not None:
+                    # After the write: reading the chunk never delays it.
+                    tap.feed(chunk, arrived)
+            reading = False
+            if transport is not None and transport.get_write_buffer_size() + 16 > high_water:
+                if not await self._write_within(response, None, settings.client_stall_timeout, flight, transport):
+                    return response
+            else:
                 await response.write_eof()
         except Exception as exc:
             if not reading:
                 if isinstance(exc, ConnectionError):
                     flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
-                    return response
-                if isinstance(exc, TimeoutError) and write_deadline.expired():
-                    flight.fail(
-                        Outcome.ABORTED,
-                        "client_write_timeout",
-                        f"the client accepted no response bytes for {stall:g}s",
-                    )
-                    if transport is not None:
-                        transport.abort()
                     return response
                 raise
             if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
