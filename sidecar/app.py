@@ -44,12 +44,17 @@ logger = logging.getLogger(__name__)
 # listening sockets, the connection pool or the event loop at start.
 RESTART_REQUIRED = (
     "data_dir",
+    "instance_id",
     "proxy.listen",
     "admin.listen",
     "upstream.url",
     "upstream.max_connections",
     "upstream.keepalive_timeout",
     "runtime.event_loop",
+    # The tracer provider and the metric families are built once at start.
+    "tracing.",
+    "metrics.",
+    "llm.provider_name",
 )
 
 # After the drain, handlers still running get this long to unwind once cancelled.
@@ -366,15 +371,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _keep_running_values(running: Config, new: Config) -> Config:
-    """`new` with every restart-only key set back to the value the process runs with."""
-    data = effective_config(new)
-    current = _flatten(effective_config(running))
+    """`new` with every restart-only key (or whole section) set back to the running value."""
+    data, current = effective_config(new), effective_config(running)
     for dotted in RESTART_REQUIRED:
-        section, _, key = dotted.rpartition(".")
-        target = data
-        for part in section.split(".") if section else ():
-            target = target[part]
-        target[key] = current[dotted]
+        *sections, key = dotted.rstrip(".").split(".")
+        source, target = current, data
+        for part in sections:
+            source, target = source[part], target[part]
+        target[key] = source[key]
     return Config.model_validate(data)
 
 

@@ -186,3 +186,28 @@ async def test_reload_keeps_restart_only_keys_at_their_running_values(upstream: 
     finally:
         await sidecar.stop()
         await other.stop()
+
+
+async def test_reload_names_settings_built_at_start_as_needing_a_restart(upstream: TestUpstream, tmp_path, caplog):
+    import logging
+
+    from sidecar.app import ConfigSource, Sidecar
+
+    caplog.set_level(logging.INFO)
+    config_file = tmp_path / "sidecar.yaml"
+    body = ("upstream:\n  url: {url}\n  health:\n    enabled: false\nproxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n"
+            "data_dir: {data}\ntracing:\n  sample_ratio: {ratio}\n  headers: {headers}\nmetrics:\n  max_models: {models}\n")  # fmt: skip
+    config_file.write_text(body.format(url=upstream.url, data=tmp_path / "data", ratio=1.0, headers="{}", models=20))
+    source = ConfigSource(config_file, env={})
+    sidecar = Sidecar(source.load(), source)
+    await sidecar.start()
+    try:
+        config_file.write_text(body.format(url=upstream.url, data=tmp_path / "data", ratio=0.1, headers="{x-api-key: k}", models=5))
+        assert await sidecar.reload()
+    finally:
+        await sidecar.stop()
+    (warning,) = [r for r in caplog.records if r.getMessage() == "these settings changed but take effect only after a restart"]
+    assert warning.restart_required == ["metrics.max_models", "tracing.headers.x-api-key", "tracing.sample_ratio"]
+    # The running config still says what actually runs.
+    assert sidecar.config.tracing.sample_ratio == 1.0 and sidecar.config.tracing.headers == {}
+    assert sidecar.config.metrics.max_models == 20
