@@ -108,6 +108,9 @@ class DemoModelServer:
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         try:
             return await handler(request)
+        except ConnectionError:
+            # The client left mid-answer: nothing to send, nothing to log.
+            return web.Response(status=499)
         except BadRequest as exc:
             return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}}, status=400)
 
@@ -147,6 +150,7 @@ class DemoModelServer:
         interval = 1.0 / self.settings.tokens_per_second if self.settings.tokens_per_second else 0.0
         started = loop.time()
         first = True
+        cached = 0  # KV-cache tokens this request added to the gauge; exactly these come off again
         self._prompt_tokens.labels(self.settings.model_name).inc(generation.prompt_tokens)
         self._waiting += 1
         try:
@@ -156,7 +160,9 @@ class DemoModelServer:
                     self._waiting -= 1
                     self._running += 1
                     self._ttft.labels(self.settings.model_name).observe(loop.time() - started)
-                self._cache_tokens += 1 if not first else generation.kv_cache_tokens
+                growth = generation.kv_cache_tokens - cached
+                self._cache_tokens += growth
+                cached += growth
                 self._generation_tokens.labels(self.settings.model_name).inc()
                 if interval:
                     await asyncio.sleep(max(0.0, started + generation.generated * interval - loop.time()))
@@ -169,7 +175,7 @@ class DemoModelServer:
                 self._waiting -= 1
             else:
                 self._running -= 1
-            self._cache_tokens -= generation.kv_cache_tokens
+            self._cache_tokens -= cached
 
     def _record_first_token(self, request: web.Request) -> None:
         request_id = request.headers.get("X-Request-Id")
@@ -374,7 +380,9 @@ def _now_iso() -> str:
 async def serve_demo_model(settings: DemoSettings, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start the demo model server; returns its runner and the bound port."""
     server = DemoModelServer(settings)
-    runner = web.AppRunner(server.app(), access_log=None)
+    # A client that leaves cancels its request, so the model stops generating
+    # for nobody, as vLLM does when the connection closes.
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

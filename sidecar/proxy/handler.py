@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import time
@@ -45,6 +46,8 @@ from sidecar.telemetry.tracing import TRACE_HEADERS, ServerSpan, Tracing
 # the upstream request starts: one write instead of a chunked stream, and the
 # common case (a JSON chat request) needs no generator.
 _READ_WHOLE_BELOW = 64 * 1024
+
+logger = logging.getLogger(__name__)
 
 _SSE_KEEPALIVE = b": keep-alive\n\n"
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
@@ -108,6 +111,10 @@ class ProxySettings:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _ClientWriteFailed(Exception):
+    """A write to the client failed while the relay was waiting on the upstream."""
 
 
 class _Flight:
@@ -187,12 +194,16 @@ class _Flight:
         trace_id, span_id, sampled = self.span.ids() if self.span is not None else (None, None, False)
         gen_ai = None
         if self.tap is not None:
-            facts = (
-                read_request(bytes(self.request_prefix), self.request_complete)
-                if self.request_prefix
-                else RequestFacts(None, None, None)
-            )
-            gen_ai = self.tap.finish(end, facts)
+            try:
+                facts = (
+                    read_request(bytes(self.request_prefix), self.request_complete)
+                    if self.request_prefix
+                    else RequestFacts(None, None, None)
+                )
+                gen_ai = self.tap.finish(end, facts)
+            except Exception:
+                # A reader bug must cost the model-call details, never the record itself.
+                logger.exception("reading a model call failed", extra={"path": request.path})
         return Exchange(
             request_id=self.request_id or "",
             started_at=self.started_at,
@@ -316,7 +327,10 @@ class ProxyHandler:
                 self._idle.set()
             exchange = flight.exchange(request, settings)
             if flight.span is not None and self._tracing is not None:
-                self._tracing.finish(flight.span, exchange)
+                try:
+                    self._tracing.finish(flight.span, exchange)
+                except Exception:
+                    logger.exception("ending the request's span failed")
             self._publish(exchange)
 
     def _reject(
@@ -448,7 +462,7 @@ class ProxyHandler:
             trust_incoming_forwarded=settings.trust_incoming_forwarded,
             request_id_header=settings.request_id_header,
             request_id=flight.request_id,
-            replaced=TRACE_HEADERS if flight.span is not None else frozenset(),
+            replaced=TRACE_HEADERS if flight.span is not None and flight.span.own else frozenset(),
         )
         if flight.span is not None and tracing is not None:
             tracing.inject(flight.span, upstream_headers)
@@ -621,7 +635,10 @@ class ProxyHandler:
             except TimeoutError:
                 if not deadline.expired():
                     raise  # aiohttp's own idle timeout: the upstream has been silent too long
-                await response.write(_SSE_KEEPALIVE)
+                try:
+                    await response.write(_SSE_KEEPALIVE)
+                except ConnectionError as exc:
+                    raise _ClientWriteFailed from exc  # the client's failure, not the upstream's
 
     async def _relay(
         self,
@@ -699,8 +716,8 @@ class ProxyHandler:
             else:
                 await response.write_eof()
         except Exception as exc:
-            if not reading:
-                if isinstance(exc, ConnectionError):
+            if not reading or isinstance(exc, _ClientWriteFailed):
+                if isinstance(exc, ConnectionError | _ClientWriteFailed):
                     flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
                     return response
                 raise

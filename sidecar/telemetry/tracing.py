@@ -16,7 +16,10 @@ Spans follow the HTTP server conventions (name `{method} {route}`, stable
 model calls, an event at the first token, and ERROR status for 5xx and
 timeouts. Prompt and completion content are never recorded.
 
-Export runs on the SDK's batch processor thread with a bounded queue: a
+Without an exporter (the default) the sidecar opens no span of its own: it
+forwards the caller's `traceparent`/`tracestate` unchanged and records the
+caller's trace id on the Exchange, so the model server's spans keep their real
+parent. Export runs on the SDK's batch processor thread with a bounded queue: a
 collector that is down or hanging fills the queue, spans are dropped and
 counted (`sidecar_spans_dropped_total`), and requests never wait.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -36,7 +40,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -81,18 +85,24 @@ def _exporter(config: TracingConfig) -> SpanExporter | None:
 
 @dataclass(frozen=True, slots=True)
 class ServerSpan:
-    """A request's span, the context it continued (with its baggage), and when it began."""
+    """A request's span, the context it continued (with its baggage), and when it began.
+
+    Without an exporter there is no span of the sidecar's own (`own` is False):
+    `span` is then the caller's, carried only so its ids can be recorded.
+    """
 
     span: Span
     parent: Context
     start_ns: int
+    own: bool = True
 
     def ids(self) -> tuple[str | None, str | None, bool]:
-        """(trace id, span id, sampled), as lower-case hex."""
+        """(trace id, the sidecar's span id, sampled), as lower-case hex."""
         context = self.span.get_span_context()
         if not context.is_valid:
             return None, None, False
-        return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id), context.trace_flags.sampled
+        span_id = trace.format_span_id(context.span_id) if self.own else None
+        return trace.format_trace_id(context.trace_id), span_id, context.trace_flags.sampled
 
 
 class Tracing:
@@ -112,9 +122,11 @@ class Tracing:
         }
         attributes.update(config.resource_attributes)
         exporter = _exporter(config)
-        # Without an exporter, follow the caller's sampling decision (so the
-        # flag reaches the model server unchanged) but start no new traces.
-        root = TraceIdRatioBased(config.sample_ratio) if exporter is not None else ALWAYS_OFF
+        # Without an exporter the sidecar opens no spans: a span nobody exports,
+        # made the parent of the model server's spans, would leave those orphaned.
+        # The caller's trace context then passes through untouched.
+        self.exporting = exporter is not None
+        root = TraceIdRatioBased(config.sample_ratio)
         self._provider = TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(root))
         self._processor: CountingBatchSpanProcessor | None = None
         if exporter is not None:
@@ -139,6 +151,8 @@ class Tracing:
         parent = self._propagator.extract(headers)
         if "traceparent" in headers and not trace.get_current_span(parent).get_span_context().is_valid:
             self.invalid_trace_headers += 1
+        if not self.exporting:
+            return ServerSpan(trace.get_current_span(parent), parent, start_ns, own=False)  # type: ignore[arg-type]
         known = method in KNOWN_METHODS
         name = f"{method} {route}" if route and known else (method if known else "HTTP")
         span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=start_ns)
@@ -146,12 +160,16 @@ class Tracing:
 
     def inject(self, server_span: ServerSpan, headers: CIMultiDict[str]) -> None:
         """Write `traceparent` (parent: the server span) and `tracestate` into upstream headers."""
+        if not server_span.own:
+            return  # the caller's headers were forwarded as they came
         context = trace.set_span_in_context(server_span.span, server_span.parent)
         self._trace_context.inject(headers, context=context)
 
     def finish(self, server_span: ServerSpan, exchange: Exchange) -> None:
         """Describe the exchange on the span and end it when the exchange ended."""
         span, start_ns = server_span.span, server_span.start_ns
+        if not server_span.own:
+            return
         if not span.is_recording():
             span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
             return
@@ -200,7 +218,13 @@ class Tracing:
         span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
 
     def shutdown(self, timeout_s: float = 2.0) -> None:
-        """Flush what is queued within `timeout_s`, then stop; blocks, so run it off the loop."""
-        if self._processor is not None:
-            self._processor.force_flush(int(timeout_s * 1000))
-        self._provider.shutdown()
+        """Export what is queued and stop, giving up after `timeout_s`; blocks, so run it off the loop.
+
+        The SDK's flush ignores its timeout and its shutdown waits up to 30 s,
+        both blocking on every export a hanging collector holds; so they run on
+        a daemon thread that is waited for at most `timeout_s` and cannot hold
+        up the process's exit.
+        """
+        worker = threading.Thread(target=self._provider.shutdown, name="span-export-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pytest.importorskip("torch")
@@ -42,3 +44,30 @@ async def test_models_errors_and_vllm_metrics(demo_url):
     assert generated == [5]
     running = [s.value for s in families["vllm:num_requests_running"].samples]
     assert running == [0]  # nothing left counted after the request ended
+
+
+async def test_a_client_that_leaves_stops_generation():
+    runner, port = await serve_demo_model(DemoSettings(tokens_per_second=20), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+
+    async def gauges() -> tuple[float, float, float]:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{url}/metrics") as response:
+                found = {f.name: f for f in text_string_to_metric_families(await response.text())}
+        value = lambda name: [s.value for s in found[name].samples if not s.name.endswith("_created")][0]  # noqa: E731
+        return value("vllm:num_requests_running"), value("vllm:generation_tokens"), value("vllm:gpu_cache_usage_perc")
+
+    try:
+        for stream in (False, True):
+            async with aiohttp.ClientSession() as client:
+                request = asyncio.create_task(client.post(f"{url}/v1/completions", json={
+                    "model": DEFAULT_MODEL_NAME, "prompt": "hello", "max_tokens": 60, "stream": stream}))  # fmt: skip
+                await asyncio.sleep(0.5)
+                request.cancel()  # closes the connection mid-generation (60 tokens at 20/s would take 3 s)
+            await asyncio.sleep(0.3)
+            running, generated, cache = await gauges()
+            await asyncio.sleep(0.5)
+            assert (running, cache) == (0, 0), stream
+            assert (await gauges())[1] == generated, f"still generating (stream={stream})"
+    finally:
+        await runner.cleanup()

@@ -33,10 +33,9 @@ def upstream_header(upstream: TestUpstream, index: int, name: str) -> str | None
 
 
 async def otlp_sidecar(make_sidecar: SidecarFactory, upstream: TestUpstream, endpoint: str, **settings) -> RunningSidecar:
-    return await make_sidecar(
-        upstream.url, tracing__exporter="otlp", tracing__endpoint=endpoint, tracing__schedule_delay="100ms",
-        instance_id="sidecar-test-1", **settings,
-    )  # fmt: skip
+    options = {"tracing__exporter": "otlp", "tracing__endpoint": endpoint, "tracing__schedule_delay": "100ms",
+               "instance_id": "sidecar-test-1", **settings}  # fmt: skip
+    return await make_sidecar(upstream.url, **options)
 
 
 async def test_incoming_trace_and_baggage_continue_to_the_upstream(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
@@ -174,3 +173,37 @@ async def test_console_exporter_prints_spans_and_shutdown_flushes_them(upstream:
     await sidecar.sidecar.stop()  # flushes: the hour-long batch delay never passes
     out = capsys.readouterr().out
     assert '"name": "GET"' in out and f'"trace_id": "0x{TRACE_ID}"' in out
+
+
+async def test_without_an_exporter_the_callers_trace_context_passes_through(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)  # tracing on, exporter none: the default
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/echo", headers={"traceparent": TRACEPARENT, "tracestate": "v=1"}) as response:
+            await response.read()
+        async with client.get(f"{sidecar.url}/echo") as response:
+            await response.read()
+    # Unchanged: a parent the sidecar never exports would orphan the model server's spans.
+    assert upstream_header(upstream, 0, "traceparent") == TRACEPARENT
+    assert upstream_header(upstream, 0, "tracestate") == "v=1"
+    assert (sidecar.exchanges[0].trace_id, sidecar.exchanges[0].span_id, sidecar.exchanges[0].trace_sampled) == (TRACE_ID, None, True)
+    assert upstream_header(upstream, 1, "traceparent") is None
+    assert sidecar.exchanges[1].trace_id is None
+
+
+async def test_stopping_with_a_hanging_collector_is_bounded(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    hanging = OtlpReceiver(hang=True)
+    await hanging.start()
+    try:
+        sidecar = await otlp_sidecar(
+            make_sidecar, upstream, hanging.endpoint, tracing__schedule_delay="1h", tracing__timeout="10s",
+            tracing__max_export_batch_size=5,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as client:
+            for _ in range(20):
+                async with client.get(f"{sidecar.url}/echo") as response:
+                    await response.read()
+        started = time.perf_counter()
+        await sidecar.sidecar.stop()
+        assert time.perf_counter() - started < 4  # four 10 s exports are queued behind a hanging collector
+    finally:
+        await hanging.stop()

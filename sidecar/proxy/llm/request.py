@@ -32,7 +32,7 @@ def read_request(body: bytes, complete: bool) -> RequestFacts:
     if complete:
         try:
             document = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             return RequestFacts(None, None, f"request body is not JSON: {exc.__class__.__name__}")
         if not isinstance(document, dict):
             return RequestFacts(None, None, "request body is not a JSON object")

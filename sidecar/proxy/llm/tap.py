@@ -163,6 +163,9 @@ class ResponseTap:
         self._max_gap: float | None = None
         self._malformed = 0
         self._errors: list[str] = []
+        self._max_line = max_line
+        self._data_lines: list[bytes] = []
+        self._data_size = 0
 
     def begin(self, status: int, content_type: str | None) -> None:
         """Decide how to read the body from the response head."""
@@ -194,16 +197,26 @@ class ResponseTap:
             self._errors.append(f"response parser failed: {exc.__class__.__name__}")
             self._mode = _NONE
 
-    @staticmethod
-    def _sse_payloads(lines: list[bytes]) -> list[bytes]:
+    def _sse_payloads(self, lines: list[bytes]) -> list[bytes]:
+        """Complete events' data, as the SSE spec dispatches them: the `data:` lines of an
+        event joined by newlines, at the blank line that ends it."""
         payloads = []
         for line in lines:
-            if line.startswith(b"data:"):
-                payload = line[5:]
-                if payload.startswith(b" "):
-                    payload = payload[1:]
-                if payload != b"[DONE]":
-                    payloads.append(payload)
+            if not line:
+                if self._data_lines:
+                    payload = b"\n".join(self._data_lines)
+                    self._data_lines = []
+                    self._data_size = 0
+                    if payload != b"[DONE]":
+                        payloads.append(payload)
+            elif line.startswith(b"data:"):
+                value = line[6:] if line.startswith(b"data: ") else line[5:]
+                self._data_size += len(value)
+                if self._data_size > self._max_line:
+                    self._lines.oversized_lines += 1
+                    self._data_lines, self._data_size = [], 0
+                else:
+                    self._data_lines.append(value)
         return payloads
 
     def _events(self, payloads: list[bytes], now: float) -> None:
@@ -213,7 +226,7 @@ class ResponseTap:
                 continue
             try:
                 event = json.loads(payload)
-            except ValueError:  # includes invalid UTF-8
+            except (ValueError, RecursionError):  # includes invalid UTF-8 and absurd nesting
                 self._malformed += 1
                 continue
             if isinstance(event, dict) and self._read(event, self._reading):
@@ -237,7 +250,13 @@ class ResponseTap:
         try:
             if self._mode == _JSON:
                 self._read_whole_body()
-            elif streamed and self._lines.flush() is not None:
+            elif self._mode == _NDJSON:
+                # A last object without its newline is still a whole object.
+                tail = self._lines.flush()
+                if tail is not None:
+                    self._events([tail], end)
+            elif self._mode == _SSE and (self._lines.flush() is not None or self._data_lines):
+                # SSE discards an event that the stream ends inside; so does this reader.
                 self._errors.append("stream ended inside an event")
         except Exception as exc:
             self._errors.append(f"response parser failed: {exc.__class__.__name__}")
@@ -282,7 +301,7 @@ class ResponseTap:
             return
         try:
             document = json.loads(b"".join(self._body))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             self._errors.append(f"response body is not JSON: {exc.__class__.__name__}")
             return
         if isinstance(document, dict):

@@ -204,3 +204,32 @@ def test_openai_stream_reads_the_same_however_it_is_chunked(events, cuts):
     assert (chunked.output_tokens, chunked.input_tokens, chunked.finish_reasons, chunked.content_chunks) == (
         whole.output_tokens, whole.input_tokens, whole.finish_reasons, whole.content_chunks)
     assert chunked.parse_error is None
+
+
+def test_ndjson_last_object_without_its_newline_is_still_read():
+    events = [{"model": "m", "response": "a", "done": False},
+              {"model": "m", "response": "", "done": True, "done_reason": "stop", "prompt_eval_count": 7, "eval_count": 42}]  # fmt: skip
+    body = ndjson(*events).rstrip(b"\n")
+    call = run_tap("ollama", "text_completion", "application/x-ndjson", [body[:30], body[30:]])
+    assert (call.input_tokens, call.output_tokens, call.finish_reasons, call.parse_error) == (7, 42, ("stop",), None)
+
+
+def test_sse_data_split_over_several_lines_is_one_event():
+    event = json.dumps(chat_chunk("hi", "stop"), indent=1).encode()  # a pretty-printed event: several data lines
+    body = b"".join(b"data: " + line + b"\n" for line in event.split(b"\n")) + b"\n" + b"data: [DONE]\n\n"
+    call = run_tap("openai", "chat", "text/event-stream", [body[:17], body[17:]])
+    assert (call.content_chunks, call.finish_reasons, call.parse_error) == (1, ("stop",), None)
+
+
+def test_an_event_the_stream_ends_inside_is_discarded_as_sse_says():
+    call = run_tap("openai", "chat", "text/event-stream", [b"data: " + json.dumps(chat_chunk("x")).encode() + b"\n"])
+    assert call.content_chunks == 0 and "stream ended inside an event" in call.parse_error
+
+
+def test_absurdly_nested_json_is_described_not_raised():
+    nested = b'{"model": "m", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert read_request(nested, True).parse_error == "request body is not JSON: RecursionError"
+    call = run_tap("openai", "chat", "text/event-stream", [b"data: " + nested + b"\n\n"])
+    assert "1 stream event(s) were not valid JSON" in call.parse_error
+    call = run_tap("openai", "chat", "application/json", [nested])
+    assert "response body is not JSON: RecursionError" in call.parse_error

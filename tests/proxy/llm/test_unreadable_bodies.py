@@ -48,3 +48,13 @@ async def test_unreadable_request_body_is_recorded_and_forwarded(upstream: TestU
     call = sidecar.exchanges[0].gen_ai
     assert call.parse_error.startswith("request body is not JSON")
     assert call.request_model is None
+
+
+async def test_a_deeply_nested_request_body_still_yields_its_exchange(upstream: TestUpstream, make_sidecar: SidecarFactory):
+    sidecar = await make_sidecar(upstream.url)
+    nested = b'{"model": "m", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{sidecar.url}/v1/chat/completions", data=nested, headers={"X-Fault": "malformed-json"}) as response:
+            assert response.status == 200
+    (exchange,) = sidecar.exchanges
+    assert exchange.gen_ai.parse_error.startswith("request body is not JSON: RecursionError")
