@@ -122,7 +122,6 @@ class _Flight:
 
     __slots__ = (
         "start",
-        "started_at",
         "request_id",
         "request_body_bytes",
         "status",
@@ -137,7 +136,6 @@ class _Flight:
         "upstream_status",
         "body_too_large",
         "client_body_failed",
-        "response_started",
         "route",
         "tap",
         "request_prefix",
@@ -153,7 +151,6 @@ class _Flight:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.start_ns = time.time_ns()
-        self.started_at = self.start_ns / 1e9
         self.request_id: str | None = None
         self.request_body_bytes = 0
         self.status = 0
@@ -168,7 +165,6 @@ class _Flight:
         self.upstream_status: int | None = None
         self.body_too_large = False
         self.client_body_failed = False
-        self.response_started = False
         self.route: str | None = None
         self.tap: ResponseTap | None = None
         # The request body (or its first bytes), kept for model calls only and
@@ -181,11 +177,21 @@ class _Flight:
         self.close_connection = False
         self.span: ServerSpan | None = None
 
+    @property
+    def response_started(self) -> bool:
+        """Whether response headers went out (after which the status cannot change)."""
+        return self.first_byte is not None
+
     def fail(self, outcome: Outcome, error_type: str, message: str, status: int | None = None) -> None:
         if self.outcome is None:
             self.outcome, self.error_type, self.error_message = outcome, error_type, message
             if status is not None:
                 self.status = status
+
+    def closed_by_client(self) -> None:
+        """The client went away; 499 (nginx's code) in the record unless a status was already sent."""
+        self.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection",
+                  None if self.response_started else 499)  # fmt: skip
 
     def exchange(self, request: web.BaseRequest, settings: ProxySettings) -> Exchange:
         end = time.perf_counter()
@@ -206,7 +212,7 @@ class _Flight:
                 logger.exception("reading a model call failed", extra={"path": request.path})
         return Exchange(
             request_id=self.request_id or "",
-            started_at=self.started_at,
+            started_at=self.start_ns / 1e9,
             method=request.method,
             path=request.path,
             query=request.rel_url.raw_query_string,
@@ -311,9 +317,7 @@ class ProxyHandler:
         except asyncio.CancelledError:
             transport = request.transport
             if not self._aborting and (transport is None or transport.is_closing()):
-                flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
-                if not flight.response_started:
-                    flight.status = 499
+                flight.closed_by_client()
             else:
                 flight.fail(Outcome.ABORTED, "drain_timeout", "cut short by sidecar shutdown")
                 if not flight.response_started:
@@ -359,7 +363,6 @@ class ProxyHandler:
             response.force_close()
         flight.response_body_bytes = len(response.body)  # type: ignore[arg-type]
         flight.first_byte = time.perf_counter()
-        flight.response_started = True
         return response
 
     async def _forward(
@@ -518,7 +521,7 @@ class ProxyHandler:
         )
 
     def _client_gone(self, flight: _Flight) -> web.Response:
-        flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection", 499)
+        flight.closed_by_client()
         # Nobody will read this; returning it lets aiohttp finish the request quietly.
         return web.Response(status=499)
 
@@ -671,7 +674,6 @@ class ProxyHandler:
             connection.protocol.start_timeout()
         await response.prepare(request)
         flight.first_byte = time.perf_counter()
-        flight.response_started = True
         flight.overhead += flight.first_byte - flight.upstream_response_start  # type: ignore[operator]
 
         content = upstream.content
@@ -718,7 +720,7 @@ class ProxyHandler:
         except Exception as exc:
             if not reading or isinstance(exc, _ClientWriteFailed):
                 if isinstance(exc, ConnectionError | _ClientWriteFailed):
-                    flight.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection")
+                    flight.closed_by_client()
                     return response
                 raise
             if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
