@@ -1,0 +1,1 @@
+"""Audit pipeline: ECS events, redaction, hash chain, durable spool, sinks."""
