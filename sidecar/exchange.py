@@ -91,6 +91,19 @@ class GenAiCall:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyContent:
+    """What the proxy kept of the bodies, when the audit asks for it (`audit.content`)."""
+
+    request_sha256: str | None = None
+    response_sha256: str | None = None
+    """Digest of the response body as relayed to the client."""
+    request_head: bytes | None = None
+    response_head: bytes | None = None
+    truncated: bool = False
+    """A head was cut at the configured cap."""
+
+
+@dataclass(frozen=True, slots=True)
 class Exchange:
     """One request through the proxy and how it ended.
 
@@ -144,6 +157,8 @@ class Exchange:
     span_id: str | None = None
     trace_sampled: bool = False
     """Whether the trace is being kept (exported) by the sidecar or a caller upstream of it."""
+    content: BodyContent | None = None
+    """Body digests or heads, only when the audit keeps them."""
 
     @property
     def is_server_error(self) -> bool:

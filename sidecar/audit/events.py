@@ -1,0 +1,242 @@
+"""Audit documents in the Elastic Common Schema, built from Exchanges and lifecycle facts.
+
+These functions run on the audit writer thread, never on the request path.
+They produce plain nested dicts (as Elasticsearch stores `_source`) with
+absent values left out; redaction, sequencing and hashing come after, in the
+pipeline. Every field written here is listed in `audit/schema.py`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.audit.schema import ECS_VERSION, SCHEMA_VERSION
+from sidecar.exchange import Exchange, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class AuditIdentity:
+    """Who writes the documents: constant for the life of the process."""
+
+    service_name: str
+    node_name: str
+    service_version: str
+    host_name: str
+    dataset: str
+    namespace: str
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC with microseconds, the form Elasticsearch dates take."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _base(identity: AuditIdentity, timestamp: float) -> dict[str, Any]:
+    return {
+        "@timestamp": iso_time(timestamp),
+        "ecs": {"version": ECS_VERSION},
+        "data_stream": {"type": "logs", "dataset": identity.dataset, "namespace": identity.namespace},
+        "service": {
+            "name": identity.service_name,
+            "node": {"name": identity.node_name},
+            "version": identity.service_version,
+        },
+        "host": {"name": identity.host_name},
+        "sidecar": {"schema_version": SCHEMA_VERSION},
+    }
+
+
+def _event_outcome(exchange: Exchange) -> str:
+    if exchange.outcome is Outcome.CLIENT_CLOSED and exchange.status < 400 or exchange.status == 499:
+        return "unknown"
+    if exchange.outcome is not Outcome.COMPLETED or exchange.status >= 400:
+        return "failure"
+    return "success"
+
+
+def _event_types(exchange: Exchange) -> list[str]:
+    if exchange.outcome is Outcome.REJECTED and exchange.status in (401, 403, 429):
+        return ["access", "denied"]
+    if exchange.error_type is not None or exchange.status >= 500:
+        return ["access", "error"]
+    return ["access"]
+
+
+def _split_address(address: str | None) -> tuple[str | None, int | None]:
+    """aiohttp's `request.remote` is a bare IP; anything else (a unix socket) is not an `ip`."""
+    if not address:
+        return None, None
+    try:
+        return str(ipaddress.ip_address(address)), None
+    except ValueError:
+        return None, None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _prune(value: dict[str, Any]) -> dict[str, Any]:
+    """Drop None values and emptied sub-objects: absent fields are omitted, never null."""
+    pruned: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _prune(item)
+            if not item:
+                continue
+        elif item is None:
+            continue
+        pruned[key] = item
+    return pruned
+
+
+def exchange_document(exchange: Exchange, identity: AuditIdentity, created: float) -> dict[str, Any]:
+    """The audit document for one request through the proxy."""
+    doc = _base(identity, exchange.started_at)
+    end = exchange.started_at + exchange.duration_s
+    gen_ai = exchange.gen_ai
+    principal = exchange.principal
+    client_ip, client_port = _split_address(exchange.client_address)
+    doc["message"] = f"{exchange.method} {exchange.path} {exchange.status}"
+    doc["event"] = {
+        "kind": "event",
+        "category": ["web"],
+        "type": _event_types(exchange),
+        "action": "model-call" if gen_ai is not None else "http-request",
+        "outcome": _event_outcome(exchange),
+        "duration": int(exchange.duration_s * 1e9),
+        "id": os.urandom(16).hex(),
+        "created": iso_time(created),
+        "start": doc["@timestamp"],
+        "end": iso_time(end),
+    }
+    doc["trace"] = {"id": exchange.trace_id}
+    doc["span"] = {"id": exchange.span_id}
+    doc["user"] = {"id": principal.user, "name": principal.user}
+    doc["organization"] = {"id": principal.tenant}
+    doc["client"] = {"ip": client_ip, "port": client_port}
+    doc["source"] = {"ip": client_ip}
+    doc["user_agent"] = {"original": exchange.user_agent}
+    doc["http"] = {
+        "version": exchange.http_version,
+        "request": {
+            "id": exchange.request_id or None,
+            "method": exchange.method,
+            "mime_type": exchange.request_content_type,
+            "body": {"bytes": exchange.request_body_bytes},
+        },
+        "response": {
+            "status_code": exchange.status,
+            "mime_type": exchange.response_content_type,
+            "body": {"bytes": exchange.response_body_bytes},
+        },
+    }
+    doc["url"] = {
+        "path": exchange.path,
+        "query": exchange.query or None,
+        "scheme": exchange.scheme,
+        "domain": exchange.host or None,
+    }
+    doc["error"] = {"type": exchange.error_type, "message": exchange.error_message}
+    sidecar = doc["sidecar"]
+    sidecar["outcome"] = exchange.outcome.value
+    sidecar["route"] = exchange.route
+    sidecar["upstream"] = {"url": exchange.upstream, "status_code": exchange.upstream_status}
+    sidecar["auth"] = {
+        "method": principal.auth_method,
+        "tier": principal.tier,
+    }
+    sidecar["timing"] = {
+        "upstream_response_start_ms": _ms(exchange.upstream_response_start_s),
+        "first_byte_ms": _ms(exchange.first_byte_s),
+        "proxy_overhead_ms": _ms(exchange.proxy_overhead_s),
+    }
+    if gen_ai is not None:
+        doc["gen_ai"] = {
+            "operation": {"name": gen_ai.operation},
+            "request": {"model": gen_ai.request_model},
+            "response": {
+                "model": gen_ai.response_model,
+                "finish_reasons": list(gen_ai.finish_reasons) or None,
+            },
+            "usage": {"input_tokens": gen_ai.input_tokens, "output_tokens": gen_ai.output_tokens},
+        }
+        sidecar["timing"]["time_to_first_token_ms"] = _ms(gen_ai.time_to_first_token_s)
+        sidecar["timing"]["time_per_output_token_ms"] = _ms(gen_ai.time_per_output_token_s)
+        sidecar["gen_ai"] = {
+            "protocol": gen_ai.protocol,
+            "stream": gen_ai.stream,
+            "input_token_source": gen_ai.input_token_source.value,
+            "output_token_source": gen_ai.output_token_source.value,
+        }
+    content = exchange.content
+    if content is not None:
+        sidecar["content"] = {
+            "request_sha256": content.request_sha256,
+            "response_sha256": content.response_sha256,
+            "request": _text(content.request_head),
+            "response": _text(content.response_head),
+            "truncated": content.truncated or None,
+        }
+    return _prune(doc)
+
+
+def _text(body: bytes | None) -> str | None:
+    # Bodies are UTF-8 JSON or text for every protocol the proxy knows; anything
+    # else is kept readable rather than dropped.
+    return None if body is None else body.decode("utf-8", errors="replace")
+
+
+def lifecycle_document(
+    identity: AuditIdentity,
+    at: float,
+    *,
+    action: str,
+    category: list[str],
+    types: list[str],
+    message: str,
+    reason: str | None = None,
+    outcome: str = "success",
+    sidecar: dict[str, Any] | None = None,
+    kind: str = "event",
+) -> dict[str, Any]:
+    """A document for something other than a request: start, stop, reload, checkpoint, drops."""
+    doc = _base(identity, at)
+    doc["message"] = message
+    doc["event"] = {
+        "kind": kind,
+        "category": category,
+        "type": types,
+        "action": action,
+        "outcome": outcome,
+        "reason": reason,
+        "id": os.urandom(16).hex(),
+        "created": iso_time(at),
+    }
+    if sidecar:
+        doc["sidecar"].update(sidecar)
+    return _prune(doc)
+
+
+def get_path(doc: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted field name in a nested document, or None."""
+    node: Any = doc
+    for part in dotted.split(".") if dotted != "@timestamp" else [dotted]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set an existing dotted field in a nested document."""
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
