@@ -87,7 +87,7 @@ Faults are set from Python, through ``server.faults`` (see ``Faults``) and
 ``await server.refuse()`` / ``await server.accept()``; nothing is reachable
 over HTTP. ``server.stats`` counts requests and bulk item outcomes.
 
-Standalone: ``python -m tests.support.elastic --port 9200`` serves until
+Standalone: ``python -m sidecar.testing.elastic --port 9200`` serves until
 Ctrl-C.
 """
 
@@ -2731,7 +2731,7 @@ async def _serve_forever(host: str, port: int, builtin_templates: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.elastic",
+    parser = argparse.ArgumentParser(prog="python -m sidecar.testing.elastic",
                                      description="Serve the Elasticsearch stand-in until Ctrl-C.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9200)

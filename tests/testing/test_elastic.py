@@ -25,7 +25,7 @@ from elasticsearch import (
 )
 from elasticsearch.helpers import BulkIndexError, async_streaming_bulk
 
-from tests.support.elastic import ElasticsearchStandIn, date_math_ms, filter_path, simple_match
+from sidecar.testing.elastic import ElasticsearchStandIn, date_math_ms, filter_path, simple_match
 from tests.support.tools import free_port, wait_for
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -542,7 +542,7 @@ def test_pure_helpers() -> None:
 def standalone() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     with subprocess.Popen(
-        [sys.executable, "-m", "tests.support.elastic", "--port", str(port)],
+        [sys.executable, "-m", "sidecar.testing.elastic", "--port", str(port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
     ) as process:
         try:
