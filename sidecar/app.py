@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import hashlib
+import json
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+
+from sidecar import __version__
+from sidecar.audit.build import AuditSetupError, audit_directory, build_pipeline, build_redactor
+from sidecar.audit.events import AuditIdentity
+from sidecar.audit.metrics import AuditCollector
+from sidecar.audit.pipeline import AuditPipeline, Lifecycle
+from sidecar.audit.redact import Redactor
 
 from sidecar.config import Config, ConfigError, KeyPath, ListenAddress, effective_config, load_config
 from sidecar.exchange import Exchange, HealthResult
@@ -55,6 +66,8 @@ RESTART_REQUIRED = (
     "tracing.",
     "metrics.",
     "llm.provider_name",
+    # The spool, sink, keys and redaction rules are opened once at start.
+    "audit.",
 )
 
 # After the drain, handlers still running get this long to unwind once cancelled.
@@ -93,6 +106,7 @@ class Sidecar:
         self.exchanges: Broadcast[Exchange] = Broadcast("exchanges")
         self.health_results: Broadcast[HealthResult] = Broadcast("health")
         self._access_log = AccessLog(config.log.access_log)
+        self.audit: AuditPipeline | None = None
         self._session: aiohttp.ClientSession | None = None
         self._proxy: ProxyHandler | None = None
         self._proxy_server: ProxyServer | None = None
@@ -134,12 +148,49 @@ class Sidecar:
             return None
         return f"data dir {self.config.data_dir} is not writable"
 
+    async def _start_audit(self, instance: str, redactor: Redactor) -> None:
+        config = self.config
+        identity = AuditIdentity(
+            service_name=config.tracing.service_name,
+            node_name=instance,
+            service_version=__version__,
+            host_name=socket.gethostname(),
+            dataset=config.audit.elasticsearch.dataset,
+            namespace=config.audit.elasticsearch.namespace,
+        )
+        try:
+            self.audit = build_pipeline(config, identity, redactor)
+            await self.audit.start(
+                Lifecycle(
+                    action="sidecar-start",
+                    category=("process", "configuration"),
+                    types=("start",),
+                    message=f"sidecar {__version__} started",
+                    at=time.time(),
+                    sidecar={"config": {"sha256": _config_digest(config)}},
+                )
+            )
+        except AuditSetupError as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"audit: cannot open {audit_directory(config)}: {exc}") from None
+        self.exchanges.subscribe("audit", self.audit)
+        self.registry.register(AuditCollector(self.audit))
+
     def _not_draining(self) -> str | None:
         return "draining for shutdown" if self._proxy is not None and self._proxy.draining else None
 
     async def start(self) -> None:
         config = self.config
         self._prepare_data_dir()
+        instance = config.instance_id or socket.gethostname()
+        try:
+            redactor = build_redactor(config.audit.redaction, audit_directory(config))
+        except AuditSetupError as exc:
+            raise StartupError(str(exc)) from None
+        # Paths repeat (a handful of routes), so each is redacted once.
+        scrub = functools.lru_cache(maxsize=4096)(redactor.text)
+        self._access_log = AccessLog(config.log.access_log, scrub)
         register_build_info(self.registry)
         self.exchanges.subscribe("metrics", ExchangeMetrics(self.registry))
         self.exchanges.subscribe(
@@ -148,14 +199,20 @@ class Sidecar:
         )
         self.exchanges.subscribe("access_log", self._access_log)
         self.health_results.subscribe("metrics", HealthMetrics(self.registry))
+        if config.audit.enabled:
+            await self._start_audit(instance, redactor)
 
         self._session = create_upstream_session(config.upstream)
         if config.tracing.enabled:
-            self.tracing = Tracing(
-                config.tracing, config.instance_id or socket.gethostname(), provider_name=config.llm.provider_name
-            )
+            self.tracing = Tracing(config.tracing, instance, provider_name=config.llm.provider_name, scrub=scrub)
+        audit = self.audit
         self._proxy = ProxyHandler(
-            ProxySettings.from_config(config), self._session, self.exchanges.publish, self.tracing
+            ProxySettings.from_config(config),
+            self._session,
+            self.exchanges.publish,
+            self.tracing,
+            admission=audit.admission_refusal if audit and config.audit.spool.when_full == "fail_closed" else None,
+            settle=audit.settle if audit and config.audit.hold_response else None,
         )
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy
@@ -183,14 +240,14 @@ class Sidecar:
         await self._proxy_runner.setup()
         self.proxy_address = await _listen(self._proxy_runner, config.proxy.listen, "proxy.listen")
 
-        admin_app = create_admin_app(
-            self.registry,
-            {
-                "upstream": self._prober.not_ready_reason,
-                "data_dir": self._data_dir_not_ready,
-                "shutdown": self._not_draining,
-            },
-        )
+        readiness = {
+            "upstream": self._prober.not_ready_reason,
+            "data_dir": self._data_dir_not_ready,
+            "shutdown": self._not_draining,
+        }
+        if self.audit is not None:
+            readiness["audit"] = self.audit.not_ready_reason
+        admin_app = create_admin_app(self.registry, readiness)
         self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._admin_runner.setup()
         self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen")
@@ -245,6 +302,17 @@ class Sidecar:
             task.cancel()
         if self._prober is not None:
             await self._prober.stop()
+        if self.audit is not None:
+            # After the drain, so every request's record is in before the final checkpoint.
+            await self.audit.stop(
+                Lifecycle(
+                    action="sidecar-stop",
+                    category=("process",),
+                    types=("end",),
+                    message="sidecar stopped",
+                    at=time.time(),
+                )
+            )
         if self._session is not None:
             await self._session.close()
         if self.tracing is not None:
@@ -317,6 +385,24 @@ class Sidecar:
         needs_restart = [key for key in changed if key.startswith(RESTART_REQUIRED)]
         self.apply_live(_keep_running_values(self.config, new))
         logger.info("config reloaded", extra={"changed": changed})
+        if self.audit is not None:
+            self.audit.record(
+                Lifecycle(
+                    action="config-reload",
+                    category=("configuration",),
+                    types=("change",),
+                    message=f"configuration reloaded: {len(changed)} key(s) changed",
+                    at=time.time(),
+                    reason="SIGHUP",
+                    sidecar={
+                        "config": {
+                            "changed": changed or None,
+                            "restart_required": needs_restart or None,
+                            "sha256": _config_digest(new),
+                        }
+                    },
+                )
+            )
         if needs_restart:
             logger.warning(
                 "these settings changed but take effect only after a restart",
@@ -380,6 +466,11 @@ def _keep_running_values(running: Config, new: Config) -> Config:
             source, target = source[part], target[part]
         target[key] = source[key]
     return Config.model_validate(data)
+
+
+def _config_digest(config: Config) -> str:
+    """SHA-256 of the effective config, so the audit trail shows which config served each period."""
+    return hashlib.sha256(json.dumps(effective_config(config), sort_keys=True).encode()).hexdigest()
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:

@@ -71,11 +71,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=5.0, metavar="S", help="seconds per target per round (default 5)")
     bench.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds (default 3)")
     bench.add_argument(
-        "--scenarios", default="latency,throughput,sse,memory", metavar="LIST",
-        help="comma-separated: latency, throughput, sse, memory (default: all)",
+        "--scenarios", default="latency,throughput,sse,memory,audit", metavar="LIST",
+        help="comma-separated: latency, throughput, sse, memory, audit (default: all)",
     )  # fmt: skip
     bench.add_argument("--memory-duration", type=float, default=60.0, metavar="S", help="steady-load seconds for memory (default 60)")
+    bench.add_argument("--audit-events", type=int, default=50_000, metavar="N", help="events fed to the audit pipeline (default 50000)")
     bench.set_defaults(handler=_bench)
+
+    from sidecar.audit.commands import add_commands as add_audit_commands
+
+    add_audit_commands(commands)
 
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference (Markdown) with every key and default"
@@ -225,7 +230,7 @@ def _bench(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--scenarios: unknown {', '.join(unknown)}; expected some of {', '.join(SCENARIOS)}", file=sys.stderr)
         return EXIT_USAGE
-    results = asyncio.run(run_bench(args.duration, args.rounds, scenarios, args.memory_duration))
+    results = asyncio.run(run_bench(args.duration, args.rounds, scenarios, args.memory_duration, args.audit_events))
     print(json.dumps(results, indent=1) if args.json else format_table(results))
     return EXIT_OK
 

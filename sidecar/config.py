@@ -370,6 +370,133 @@ class TracingConfig(Section):
     """Extra OpenTelemetry resource attributes, e.g. deployment.environment.name: prod."""
 
 
+class AuditSpoolConfig(Section):
+    """The on-disk log every audit event enters before it counts as written."""
+
+    max_size: Bytes = Field("1GiB", ge=1 << 20)  # type: ignore[assignment]
+    """Undelivered events kept on disk (the sink being down fills it); `when_full` says what then."""
+    segment_size: Bytes = Field("64MiB", ge=64 << 10)  # type: ignore[assignment]
+    """Size at which the spool starts a new segment file; delivered segments are deleted whole."""
+    fsync: Literal["always", "interval", "never"] = "interval"
+    """always: fsync every batch before its events count as written (survives power loss);
+    interval: at most every `fsync_interval` (a crash of the machine can lose that much);
+    never: leave it to the OS (a crash of the sidecar alone loses nothing written)."""
+    fsync_interval: PositiveDuration = 0.1
+    """Longest time between fsyncs under `fsync: interval`."""
+    when_full: Literal["fail_open", "fail_closed"] = "fail_open"
+    """fail_open: keep serving, drop new audit events, count them (sidecar_audit_events_dropped_total)
+    and fail `/-/ready`'s audit check; fail_closed: answer proxied requests 503 until there is room."""
+
+
+class ElasticsearchSinkConfig(Section):
+    """Where audit events go when `url` is set (otherwise to JSON Lines files)."""
+
+    url: str = ""
+    """Elasticsearch base URL, e.g. https://es.internal:9200; several separated by commas."""
+    api_key: str = ""
+    """Encoded API key (the `encoded` value Elasticsearch returns); or use username/password."""
+    username: str = ""
+    """Basic authentication user, when no API key is given."""
+    password: str = ""
+    """Basic authentication password; prefer the environment (SIDECAR_AUDIT__ELASTICSEARCH__PASSWORD)."""
+    ca_file: Path | None = None
+    """CA bundle for TLS; empty: the system's."""
+    verify_certs: bool = True
+    """Check the server's TLS certificate; turn off only for a test cluster."""
+    index: str = ""
+    """Write to this plain index instead of a data stream."""
+    dataset: str = "sidecar.audit"
+    """Data stream logs-<dataset>-<namespace>, as Elastic's naming scheme asks."""
+    namespace: str = "default"
+    """Data stream namespace, e.g. the environment: prod, staging."""
+    batch_size: int = Field(500, ge=1, le=100_000)
+    """Events per bulk request."""
+    batch_bytes: Bytes = Field("5MiB", ge=1024)  # type: ignore[assignment]
+    """Largest bulk request body."""
+    batch_age: PositiveDuration = 1.0
+    """Longest an event waits for a batch to fill."""
+    request_timeout: PositiveDuration = 30.0
+    """Per bulk request; a slower answer counts as a failure and the batch is retried."""
+    max_backoff: PositiveDuration = 60.0
+    """Longest wait between retries while Elasticsearch is down or rejecting."""
+    retention: PositiveDuration = 365 * 86400.0
+    """How long `sidecar es setup`'s lifecycle policy keeps audit data before deleting it."""
+    rollover_age: PositiveDuration = 30 * 86400.0
+    """Start a new backing index after this long (or 50 GB per primary shard)."""
+
+    @property
+    def target(self) -> str:
+        """The index or data stream bulk requests write to."""
+        return self.index or f"logs-{self.dataset}-{self.namespace}"
+
+
+class AuditFileSinkConfig(Section):
+    """JSON Lines files, the sink when no Elasticsearch is configured."""
+
+    directory: Path | None = None
+    """Where the files go; empty: <data_dir>/audit/events."""
+    max_file_size: Bytes = Field("128MiB", ge=64 << 10)  # type: ignore[assignment]
+    """A file is closed and a new one started past this size. Files are never deleted by the
+    sidecar; `sidecar audit replay` ships them to Elasticsearch later."""
+
+
+class RedactionConfig(Section):
+    """What is masked before anything leaves the process (audit records, access log, spans).
+    Credentials (Authorization, cookies, API keys, JWTs, bearer tokens) are always masked."""
+
+    email: bool = True
+    """E-mail addresses."""
+    phone: bool = True
+    """International numbers and mainland China mobile numbers."""
+    national_id: bool = True
+    """PRC resident ID (18 digits, checksum verified) and US SSN."""
+    credit_card: bool = True
+    """Card numbers that pass the Luhn check."""
+    ip_address: bool = False
+    """IP addresses inside free text (client.ip itself is kept)."""
+    custom: dict[str, str] = {}
+    """Name -> regular expression; matches are replaced and tagged with the name."""
+    replacement: Literal["tag", "keyed_hash"] = "tag"
+    """tag: [REDACTED:email]; keyed_hash: [email:<HMAC>] so equal values stay correlatable."""
+    hash_key_file: Path | None = None
+    """Key for keyed_hash; empty: a random key kept in <data_dir>/audit/redaction.key."""
+
+
+class CheckpointConfig(Section):
+    """Signed records of the chain head, so deleting the newest records is detectable."""
+
+    interval: PositiveDuration = 60.0
+    """Time between checkpoints (one is also written at start and stop)."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (PEM, PKCS#8); empty: generated once in <data_dir>/audit/checkpoint.key,
+    with its public key beside it (checkpoint.pub) to hand to auditors."""
+    hmac_key_file: Path | None = None
+    """Sign with HMAC-SHA256 and this shared key instead of Ed25519."""
+
+
+class AuditConfig(Section):
+    """One tamper-evident ECS record per request, durable before it counts as written."""
+
+    enabled: bool = True
+    """Write an audit record per request and per lifecycle event (start, stop, reload)."""
+    content: Literal["none", "sha256", "redacted"] = "none"
+    """Prompts and completions: none: not kept; sha256: digests of the request and response
+    bodies (proof of what was sent without keeping it); redacted: the bodies' first
+    `content_max_bytes`, redacted."""
+    content_max_bytes: Bytes = Field("4KiB", ge=0, le=1 << 20)  # type: ignore[assignment]
+    """Cap on each body kept under `content: redacted`."""
+    hold_response: bool = False
+    """Hold each response's last bytes until its audit record is in the spool (and fsynced under
+    `spool.fsync: always`): no client sees a complete answer without a durable record."""
+    queue_size: int = Field(100_000, ge=100)
+    """Events waiting for the spool writer; past it, `spool.when_full` applies."""
+    spool: AuditSpoolConfig = AuditSpoolConfig()
+    elasticsearch: ElasticsearchSinkConfig = ElasticsearchSinkConfig()
+    file: AuditFileSinkConfig = AuditFileSinkConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
 class AdminConfig(Section):
     """The operators' listener, separate from the proxy."""
 
@@ -406,6 +533,7 @@ class Config(Section):
     llm: LlmConfig = LlmConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -17,6 +17,7 @@ import queue
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from sidecar.exchange import Exchange
@@ -100,8 +101,10 @@ class LogPipeline:
 class AccessLog:
     """Observer writing one `sidecar.access` line per Exchange, when enabled."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, scrub: Callable[[str], str] | None = None) -> None:
+        """`scrub` masks personal data and credentials in the path before it is logged."""
         self.enabled = enabled
+        self._scrub = scrub
         self._logger = logging.getLogger("sidecar.access")
 
     def __call__(self, exchange: Exchange) -> None:
@@ -112,7 +115,7 @@ class AccessLog:
             extra={
                 "http.request.id": exchange.request_id,
                 "http.request.method": exchange.method,
-                "url.path": exchange.path,
+                "url.path": self._scrub(exchange.path) if self._scrub is not None else exchange.path,
                 "http.response.status_code": exchange.status,
                 "event.outcome": exchange.outcome.value,
                 "event.duration": int(exchange.duration_s * 1e9),

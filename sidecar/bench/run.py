@@ -15,9 +15,10 @@ import aiohttp
 
 from sidecar import __version__
 from sidecar.bench import load
+from sidecar.bench.audit import audit_throughput
 from sidecar.bench.targets import MINIMAL_SIDECAR, Target, TargetSet
 
-SCENARIOS = ("latency", "throughput", "sse", "memory")
+SCENARIOS = ("latency", "throughput", "sse", "memory", "audit")
 SIDECAR = "sidecar (defaults)"
 SSE_EVENTS = 100
 
@@ -29,6 +30,7 @@ GOALS = {
     "sse_added_first_event_p50_ms": 0.5,
     "sse_reads_per_100": 99,
     "rss_growth_mb": 10.0,
+    "audit_events_per_s": 20_000.0,
 }
 
 
@@ -58,7 +60,9 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "sidecar": __version__}  # fmt: skip
 
 
-async def run_bench(duration: float, rounds: int, scenarios: list[str], memory_duration: float) -> dict[str, Any]:
+async def run_bench(
+    duration: float, rounds: int, scenarios: list[str], memory_duration: float, audit_events: int = 50_000
+) -> dict[str, Any]:
     """Run the scenarios and return the results as plain data."""
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})  # the load generator shares core 0 with the upstream
@@ -86,6 +90,10 @@ async def run_bench(duration: float, rounds: int, scenarios: list[str], memory_d
                 results["sse"] = await _sse(lineup, rounds, streams=max(3, int(duration * 2)))
             if "memory" in scenarios:
                 results["memory"] = await _memory(lineup[1], memory_duration)
+            if "audit" in scenarios:
+                results["audit"] = [
+                    await audit_throughput(audit_events, fsync, Path(scratch)) for fsync in ("interval", "always")
+                ]
         finally:
             targets.stop()
     results["ratios"] = ratios(results)
@@ -205,6 +213,10 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     if "memory" in results:
         growth = results["memory"]["growth_mb"]
         checks["rss_growth_mb"] = (growth, growth <= GOALS["rss_growth_mb"])
+    for row in results.get("audit", []):
+        if row["fsync"] == "interval":
+            rate = row["delivered_events_per_s"]
+            checks["audit_events_per_s"] = (rate, rate >= GOALS["audit_events_per_s"])
     return {name: {"value": value, "goal": GOALS[name], "met": met} for name, (value, met) in checks.items()}
 
 
@@ -233,6 +245,10 @@ def format_table(results: dict[str, Any]) -> str:
         r = results["memory"]
         lines += ["", f"(d) {r['rate_per_s']:g} req/s for {r['duration_s']:g} s against {r['target']}: RSS {r['rss_start_mb']:.1f} -> "
                       f"{r['rss_end_mb']:.1f} MB ({r['growth_mb']:+.1f} MB), {r['requests']} requests"]  # fmt: skip
+    for row in results.get("audit", []):
+        lines += [f"(e) audit, fsync {row['fsync']:<8}: {row['spool_events_per_s']:9,.0f} events/s into the spool, "
+                  f"{row['delivered_events_per_s']:9,.0f} events/s stored in Elasticsearch (stand-in, bulk of "
+                  f"{row['batch_size']}), {row['events']} events"]  # fmt: skip
     if results.get("ratios"):
         lines += ["", "ratios (sidecar with defaults vs ...)"]
         for name, row in results["ratios"].items():

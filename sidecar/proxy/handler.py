@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,6 +35,7 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.exchange import ANONYMOUS, Exchange, Outcome
+from sidecar.proxy.content import BodyRecorder, ContentMode
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.headers import client_response_headers, upstream_request_headers
 from sidecar.proxy.llm.request import RequestFacts, read_request
@@ -76,6 +77,8 @@ class ProxySettings:
     llm_max_body: int
     llm_max_line: int
     sse_keepalive: float
+    audit_content: ContentMode
+    audit_content_max: int
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
@@ -106,6 +109,8 @@ class ProxySettings:
             llm_max_body=int(config.llm.max_parsed_body),
             llm_max_line=int(config.llm.max_event_bytes),
             sse_keepalive=config.proxy.sse_keepalive,
+            audit_content=config.audit.content if config.audit.enabled else "none",
+            audit_content_max=int(config.audit.content_max_bytes),
         )
 
 
@@ -146,6 +151,8 @@ class _Flight:
         "close_connection",
         "start_ns",
         "span",
+        "content",
+        "published",
     )
 
     def __init__(self) -> None:
@@ -176,6 +183,8 @@ class _Flight:
         self.response_start_deadline: asyncio.Timeout | None = None
         self.close_connection = False
         self.span: ServerSpan | None = None
+        self.content: BodyRecorder | None = None
+        self.published = False
 
     @property
     def response_started(self) -> bool:
@@ -209,7 +218,7 @@ class _Flight:
                 gen_ai = self.tap.finish(end, facts)
             except Exception:
                 # A reader bug must cost the model-call details, never the record itself.
-                logger.exception("reading a model call failed", extra={"path": request.path})
+                logger.exception("reading a model call failed", extra={"route": self.route})
         return Exchange(
             request_id=self.request_id or "",
             started_at=self.start_ns / 1e9,
@@ -245,6 +254,7 @@ class _Flight:
             trace_id=trace_id,
             span_id=span_id,
             trace_sampled=sampled,
+            content=self.content.result() if self.content is not None else None,
         )
 
 
@@ -257,11 +267,18 @@ class ProxyHandler:
         session: aiohttp.ClientSession,
         publish: Callable[[Exchange], None],
         tracing: Tracing | None = None,
+        *,
+        admission: Callable[[], str | None] | None = None,
+        settle: Callable[[Exchange], Awaitable[None]] | None = None,
     ) -> None:
+        """`admission` names a reason to refuse new requests (503), or None to let them in;
+        `settle` is awaited with each Exchange before the response's last bytes leave."""
         self.settings = settings
         self._session = session
         self._publish = publish
         self._tracing = tracing
+        self._admission = admission
+        self._settle = settle
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -313,7 +330,12 @@ class ProxyHandler:
         self._active += 1
         self._idle.clear()
         try:
-            return await self._forward(request, settings, flight)
+            response = await self._forward(request, settings, flight)
+            if self._settle is not None and not flight.published:
+                # A response returned here is written by aiohttp after we return:
+                # its record is settled first.
+                await self._finish(request, settings, flight, settle=True)
+            return response
         except asyncio.CancelledError:
             transport = request.transport
             if not self._aborting and (transport is None or transport.is_closing()):
@@ -329,13 +351,23 @@ class ProxyHandler:
             self._active -= 1
             if not self._active:
                 self._idle.set()
-            exchange = flight.exchange(request, settings)
-            if flight.span is not None and self._tracing is not None:
-                try:
-                    self._tracing.finish(flight.span, exchange)
-                except Exception:
-                    logger.exception("ending the request's span failed")
-            self._publish(exchange)
+            if not flight.published:
+                await self._finish(request, settings, flight, settle=False)
+
+    async def _finish(
+        self, request: web.BaseRequest, settings: ProxySettings, flight: _Flight, *, settle: bool
+    ) -> None:
+        """Freeze the flight into its Exchange, end the span, publish; with `settle`, wait for the record."""
+        flight.published = True
+        exchange = flight.exchange(request, settings)
+        if flight.span is not None and self._tracing is not None:
+            try:
+                self._tracing.finish(flight.span, exchange)
+            except Exception:
+                logger.exception("ending the request's span failed")
+        self._publish(exchange)
+        if settle and self._settle is not None:
+            await self._settle(exchange)
 
     def _reject(
         self, flight: _Flight, settings: ProxySettings, status: int, error_type: str, message: str
@@ -374,6 +406,17 @@ class ProxyHandler:
             flight.request_id = (
                 incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
             )
+        if self._admission is not None:
+            refusal = self._admission()
+            if refusal is not None:
+                flight.fail(Outcome.REJECTED, "service_unavailable", refusal, 503)
+                response = self._error(flight, settings, 503, "service_unavailable", refusal)
+                response.headers["Retry-After"] = "1"
+                if request.body_exists:
+                    response.force_close()  # the unread body must not be taken for the next request
+                return response
+        if settings.audit_content != "none":
+            flight.content = BodyRecorder(settings.audit_content, settings.audit_content_max)
         raw_path = request.raw_path
         if not raw_path.startswith("/"):
             return self._reject(
@@ -451,6 +494,8 @@ class ProxyHandler:
                 flight.request_body_bytes = len(body)
                 if flight.tap is not None:
                     flight.request_prefix = body
+                if flight.content is not None:
+                    flight.content.request(body)
             else:
                 body = self._stream_request_body(request, settings, flight)
 
@@ -594,6 +639,8 @@ class ProxyHandler:
             if flight.request_body_bytes > limit:
                 flight.body_too_large = True
                 raise _BodyTooLarge
+            if flight.content is not None:
+                flight.content.request(chunk)
             yield chunk
 
     @staticmethod
@@ -686,6 +733,12 @@ class ProxyHandler:
         # high-water mark; only writes that could cross it get a deadline, so
         # the common case pays for no timer at all.
         high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
+        recorder = flight.content
+        # With `settle`, the client must not see a complete response before its
+        # record is settled: a chunked body's terminating chunk waits anyway, and
+        # of a Content-Length body the last byte is held back.
+        held_back = upstream.content_length if self._settle is not None else None
+        held = b""
         reading = True
         try:
             while True:
@@ -700,18 +753,27 @@ class ProxyHandler:
                     at_event_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
                 arrived = time.perf_counter()
                 reading = False
+                whole = chunk
+                if held_back is not None and flight.response_body_bytes + len(chunk) >= held_back:
+                    chunk, held = chunk[:-1], chunk[-1:]
                 if transport is not None and transport.get_write_buffer_size() + len(chunk) > high_water:
                     if not await self._write_within(response, chunk, settings.client_stall_timeout, flight, transport):
                         return response
-                else:
+                elif chunk:
                     await response.write(chunk)
                 flight.overhead += time.perf_counter() - arrived
-                flight.response_body_bytes += len(chunk)
+                flight.response_body_bytes += len(whole)
                 flight.response_chunks += 1
+                # After the write: reading the chunk never delays it.
                 if tap is not None:
-                    # After the write: reading the chunk never delays it.
-                    tap.feed(chunk, arrived)
+                    tap.feed(whole, arrived)
+                if recorder is not None:
+                    recorder.response(whole)
             reading = False
+            if self._settle is not None:
+                await self._finish(request, settings, flight, settle=True)
+                if held:
+                    await response.write(held)
             if transport is not None and transport.get_write_buffer_size() + 16 > high_water:
                 if not await self._write_within(response, None, settings.client_stall_timeout, flight, transport):
                     return response

@@ -73,7 +73,8 @@ class _ProxyRequestHandler(RequestHandler):
         if status != 400 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         code, error_type, text = self._proxy_server.limits.classify(exc)
-        logger.debug("rejected unparsable request", extra={"status": code, "reason": text})
+        # The reason can quote the offending bytes; it goes to the (redacted) audit record, not the log.
+        logger.debug("rejected unparsable request", extra={"status": code, "error_type": error_type})
         self._proxy_server.on_rejected(request, code, error_type, text)
         response = error_response(code, error_type, text)
         response.force_close()

@@ -30,6 +30,7 @@ import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -108,9 +109,17 @@ class ServerSpan:
 class Tracing:
     """Extracts, starts, injects and ends the proxy's spans."""
 
-    def __init__(self, config: TracingConfig, instance_id: str, provider_name: str = "") -> None:
+    def __init__(
+        self,
+        config: TracingConfig,
+        instance_id: str,
+        provider_name: str = "",
+        scrub: Callable[[str], str] | None = None,
+    ) -> None:
+        """`scrub` masks personal data and credentials in the path before it leaves in a span."""
         self.config = config
         self._provider_name = provider_name
+        self._scrub = scrub
         self.invalid_trace_headers = 0
         # One warning per dropped span is noise; the count goes to /metrics.
         logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
@@ -174,10 +183,11 @@ class Tracing:
             span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
             return
         method = method_label(exchange.method)
+        scrub = self._scrub
         host, _, port = exchange.host.rpartition(":") if ":" in exchange.host else (exchange.host, "", "")
         attributes: dict[str, object] = {
             "http.request.method": method,
-            "url.path": exchange.path,
+            "url.path": scrub(exchange.path) if scrub else exchange.path,
             "url.scheme": exchange.scheme,
             "http.response.status_code": exchange.status,
             "network.protocol.version": exchange.http_version,
@@ -192,7 +202,7 @@ class Tracing:
         if exchange.client_address:
             attributes["client.address"] = exchange.client_address
         if exchange.user_agent:
-            attributes["user_agent.original"] = exchange.user_agent
+            attributes["user_agent.original"] = scrub(exchange.user_agent) if scrub else exchange.user_agent
         failed = exchange.status >= 500 or exchange.outcome is Outcome.UPSTREAM_TIMEOUT
         if exchange.error_type or failed:
             attributes["error.type"] = exchange.error_type or str(exchange.status)
@@ -214,7 +224,8 @@ class Tracing:
                 span.add_event("gen_ai.first_token", timestamp=start_ns + int(call.time_to_first_token_s * 1e9))
         span.set_attributes(attributes)  # type: ignore[arg-type]
         if failed:
-            span.set_status(Status(StatusCode.ERROR, exchange.error_message or None))
+            message = exchange.error_message
+            span.set_status(Status(StatusCode.ERROR, (scrub(message) if scrub and message else message) or None))
         span.end(end_time=start_ns + int(exchange.duration_s * 1e9))
 
     def shutdown(self, timeout_s: float = 2.0) -> None:

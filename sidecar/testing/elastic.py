@@ -113,6 +113,7 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import unquote
 
+import orjson
 from aiohttp import web
 
 Json = Any
@@ -1301,6 +1302,8 @@ class Cluster:
         self.clock = clock
         self.version = version
         self.cluster_name = cluster_name
+        self.check_mappings = True
+        """Off, documents are stored without the mapper's checks (throughput measurements only)."""
         self.cluster_uuid = base64.urlsafe_b64encode(uuid.uuid4().bytes)[:22].decode()
         self.indices: dict[str, Index] = {}
         self.data_streams: dict[str, DataStream] = {}
@@ -1863,7 +1866,7 @@ class Cluster:
                                    caused_by={"type": "illegal_argument_exception",
                                               "reason": "data stream timestamp field [@timestamp] encountered "
                                                         "multiple values"})
-            additions = DocumentMapper(index.mappings, doc_id).check(source)
+            additions = DocumentMapper(index.mappings, doc_id).check(source) if self.check_mappings else []
             existing = index.docs.get(doc_id)
             self._check_version(index, op, doc_id, existing, meta)
         except ApiError as error:
@@ -1874,7 +1877,7 @@ class Cluster:
 
     def _parse_source(self, raw: bytes | None, doc_id: str) -> dict[str, Any]:
         try:
-            source = json.loads(raw or b"")
+            source = orjson.loads(raw or b"")
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, "document_parsing_exception", f"failed to parse: {error}",
                            caused_by={"type": "json_parse_exception", "reason": str(error)}) from None
@@ -2455,7 +2458,7 @@ def _parse_bulk(body: bytes) -> list[tuple[str, dict[str, Any], bytes | None]]:
         if not line:
             continue
         try:
-            action = json.loads(line)
+            action = orjson.loads(line)
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "illegal_argument_exception",
                            f"Malformed action/metadata line [{line_number}], expected START_OBJECT or END_OBJECT but "
@@ -2657,7 +2660,7 @@ class ElasticsearchStandIn:
             return web.Response(status=status, headers=_product_headers(media_type))
         if "filter_path" in request.query and isinstance(payload, (dict, list)):
             payload = filter_path(payload, request.query["filter_path"])
-        return web.Response(status=status, body=json.dumps(payload).encode(), headers=_product_headers(media_type))
+        return web.Response(status=status, body=orjson.dumps(payload), headers=_product_headers(media_type))
 
 
 def _product_headers(media_type: str) -> dict[str, str]:
@@ -2720,8 +2723,9 @@ def _injected_failure(status: int, media_type: str) -> web.Response:
     return web.Response(status=status, body=json.dumps(error.body()).encode(), headers=_product_headers(media_type))
 
 
-async def _serve_forever(host: str, port: int, builtin_templates: bool) -> None:
+async def _serve_forever(host: str, port: int, builtin_templates: bool, check_mappings: bool) -> None:
     server = ElasticsearchStandIn(host, port, builtin_templates=builtin_templates)
+    server.cluster.check_mappings = check_mappings
     url = await server.start()
     print(f"Elasticsearch stand-in listening on {url} (Ctrl-C stops it)", flush=True)
     try:
@@ -2737,9 +2741,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--no-builtin-templates", action="store_true",
                         help="start without the logs/metrics/synthetics stack templates")
+    parser.add_argument("--no-mapping-checks", action="store_true",
+                        help="store documents without checking them against the mappings (the mapper, in Python, "
+                             "caps ingest at a few thousand documents a second; for throughput measurements)")
     arguments = parser.parse_args(argv)
     try:
-        asyncio.run(_serve_forever(arguments.host, arguments.port, not arguments.no_builtin_templates))
+        asyncio.run(_serve_forever(arguments.host, arguments.port, not arguments.no_builtin_templates,
+                                   not arguments.no_mapping_checks))
     except KeyboardInterrupt:
         pass
 

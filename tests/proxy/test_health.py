@@ -124,4 +124,4 @@ async def test_health_checks_disabled_leave_readiness_to_the_other_checks(upstre
     sidecar = await make_sidecar(upstream.url)  # tests default to health checks off
     status, body = await ready(sidecar)
     assert status == 200
-    assert body["checks"] == {"upstream": "ok", "data_dir": "ok", "shutdown": "ok"}
+    assert body["checks"] == {"upstream": "ok", "data_dir": "ok", "shutdown": "ok", "audit": "ok"}

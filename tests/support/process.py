@@ -72,6 +72,13 @@ class SidecarProcess:
         assert self.process is not None
         self.process.send_signal(sig)
 
+    def send_term(self) -> None:
+        self.send(signal.SIGTERM)
+
+    def send_kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush or clean up."""
+        self.send(signal.SIGKILL)
+
     async def wait(self, timeout: float) -> int:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout)
