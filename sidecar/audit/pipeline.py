@@ -115,7 +115,7 @@ class AuditPipeline:
         self._clock = clock
         self._redacted = redacted_fields()
         self._redaction_cache: dict[str, str] = {}
-        self._queue: collections.deque[Exchange | Lifecycle] = collections.deque()
+        self._queue: collections.deque[Exchange | Lifecycle | _Internal] = collections.deque()
         self._wake_writer = threading.Event()
         self._writer_idle = False
         self._wake_each = False

@@ -80,7 +80,9 @@ async def run_demo(
         print(f"\ndemo model server  http://127.0.0.1:{model_port}  (model {DEFAULT_MODEL_NAME!r})")
         print(f"sidecar proxy      {proxy_url}")
         print(f"metrics            {admin_url}/metrics")
-        print(f"readiness          {admin_url}/-/ready\n")
+        print(f"readiness          {admin_url}/-/ready")
+        audit = sidecar.config.data_dir / "audit"
+        print(f"audit trail        {audit / 'events'}  (JSON Lines, one record per request)\n")
         print("sending a burst of mixed traffic through the sidecar:")
         for label, status, seconds, size in sorted(await send_burst(proxy_url, DEFAULT_MODEL_NAME)):
             print(f"  {label:<24} {status}  {seconds * 1000:7.1f} ms  {size:6d} bytes")
@@ -88,6 +90,7 @@ async def run_demo(
         print(f"  curl -N {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' \\")
         print(f"    -d '{{\"model\": \"{DEFAULT_MODEL_NAME}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'")
         print(f"  curl -s {admin_url}/metrics | grep gen_ai_")
+        print(f"  sidecar audit verify --file {audit / 'events'} --public-key {audit / 'checkpoint.pub'}")
         print("\nserving" + (f" for {duration:g}s" if duration else " until Ctrl-C"), flush=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):

@@ -1595,7 +1595,9 @@ class Cluster:
             mappings = merge_mappings(mappings, body.get("mappings"))
             settings.update(flatten_settings(body.get("settings")))
         if data_stream is not None:
-            mappings = merge_mappings(mappings, {"properties": {"@timestamp": {"type": "date"}}})
+            # As Elasticsearch: @timestamp becomes a date unless the template maps it (e.g. as date_nanos).
+            if "@timestamp" not in (mappings.get("properties") or {}):
+                mappings = merge_mappings(mappings, {"properties": {"@timestamp": {"type": "date"}}})
             settings["index.hidden"] = True
         index = Index(name=name, mappings=mappings, settings=settings, created_ms=self.now_ms(),
                       data_stream=data_stream)

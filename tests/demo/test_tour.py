@@ -25,3 +25,13 @@ def test_sidecar_demo_serves_sends_traffic_and_stops(tmp_path):
     lines = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ") and " ms " in line}
     assert " 200 " in lines["chat, streamed"] and " 404 " in lines["unknown model (404)"]
     assert "Traceback" not in result.stderr
+    # The tour's traffic is on the audit trail, and the trail verifies.
+    assert f"audit trail        {tmp_path / 'audit' / 'events'}" in out
+    verify = subprocess.run(
+        [sys.executable, "-m", "sidecar", "audit", "verify", "--file", str(tmp_path / "audit" / "events"),
+         "--public-key", str(tmp_path / "audit" / "checkpoint.pub")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    records = int(verify.stdout.split("records checked: ")[1].split()[0])
+    assert records >= len(lines) + 4  # each request, start and stop, two checkpoints
