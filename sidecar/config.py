@@ -340,6 +340,8 @@ class MetricsConfig(Section):
 
     max_models: int = Field(20, ge=1, le=10000)
     """Distinct model names given their own label value; later ones are counted as `other`."""
+    max_tenants: int = Field(50, ge=1, le=10000)
+    """Distinct tenants given their own label value; later ones are counted as `other`."""
 
 
 class TracingConfig(Section):
@@ -368,6 +370,85 @@ class TracingConfig(Section):
     """service.name on every span."""
     resource_attributes: dict[str, str] = {}
     """Extra OpenTelemetry resource attributes, e.g. deployment.environment.name: prod."""
+
+
+class NvmlConfig(Section):
+    """GPU readings through NVML (nvidia-ml-py), under dcgm-exporter's metric names."""
+
+    enabled: bool = True
+    """Sample every GPU NVML can see; without a driver this is reported (a metric and a log line), not an error."""
+    interval: PositiveDuration = 1.0
+    """Time between samples."""
+    call_timeout: PositiveDuration = 2.0
+    """An NVML call slower than this marks the GPU stale; the other GPUs keep being sampled."""
+    devices: list[int] = []
+    """GPU indices to sample; empty: all."""
+    processes: bool = True
+    """Per-process GPU memory and SM utilisation of the processes using each GPU."""
+    pcie_interval: PositiveDuration = 10.0
+    """Time between PCIe throughput reads (each blocks about 20 ms inside the driver)."""
+    xid_events: bool = True
+    """Wait for XID errors on an NVML event set, in a thread of its own."""
+
+
+class DcgmExporterConfig(Section):
+    """Scrape NVIDIA's dcgm-exporter for the profiling fields NVML does not give."""
+
+    enabled: bool = False
+    """Scrape dcgm-exporter; its samples feed attribution and health alongside NVML's."""
+    url: str = "http://127.0.0.1:9400/metrics"
+    """dcgm-exporter's metrics endpoint."""
+    interval: PositiveDuration = 5.0
+    """Time between scrapes."""
+    timeout: PositiveDuration = 2.0
+    """A scrape slower than this counts as failed."""
+    stale_after: PositiveDuration = 90.0
+    """Samples older than this, or values frozen this long, are reported stale and not served as fresh.
+    Keep it at 2-3x dcgm-exporter's own collection interval (30 s by default)."""
+    reexpose: bool = False
+    """Serve the scraped series on the sidecar's /metrics too (off: dcgm-exporter is usually scraped itself)."""
+
+
+class ModelPrice(Section):
+    """Cloud prices for one model, to compare local serving against."""
+
+    input_per_1k: float = Field(0.0, ge=0)
+    """Price per 1,000 input tokens."""
+    output_per_1k: float = Field(0.0, ge=0)
+    """Price per 1,000 output tokens."""
+    per_request: float = Field(0.0, ge=0)
+    """Fee per call."""
+
+
+class CostConfig(Section):
+    """What a request costs locally, and what the same tokens would cost from a cloud API."""
+
+    currency: str = "USD"
+    """ISO 4217 code of every price here; carried on metrics and audit records."""
+    electricity_per_kwh: float = Field(0.15, ge=0)
+    """Electricity price per kWh."""
+    hardware_price: float = Field(0.0, ge=0)
+    """Purchase price of the GPU server; 0: leave amortisation and payback out."""
+    gpus: int = Field(1, ge=1, le=1024)
+    """GPUs that price buys: each GPU-second is charged its 1/gpus share of the write-off."""
+    amortisation: PositiveDuration = 3 * 365 * 86400.0
+    """Period over which the hardware price is written off."""
+    cloud_prices: dict[str, ModelPrice] = {}
+    """Model name (as requested) -> cloud prices; the entry `default` applies to other models."""
+
+
+class GpuConfig(Section):
+    """GPU metrics, and each request's share of GPU time, energy and cost."""
+
+    nvml: NvmlConfig = NvmlConfig()
+    dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
+    attribution: bool = True
+    """Attribute GPU time and energy to each request (needs energy or power readings)."""
+    subtract_idle_power: bool = False
+    """Charge requests only for power above idle (idle measured while no request is in flight)."""
+    cost: CostConfig = CostConfig()
+    probe_at_start: bool = False
+    """Run the torch GPU probe (`sidecar gpu-probe`) once at start, before serving; it loads the GPU for seconds."""
 
 
 class AuditSpoolConfig(Section):
@@ -533,6 +614,7 @@ class Config(Section):
     llm: LlmConfig = LlmConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    gpu: GpuConfig = GpuConfig()
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()

@@ -9,6 +9,7 @@ nothing from the package so that every part can depend on it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -104,6 +105,20 @@ class BodyContent:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """What one request cost the GPUs it ran on: its share of their busy time and energy."""
+
+    gpu_seconds: float
+    """Share of the GPUs' busy time (utilisation x wall time), summed over GPUs."""
+    energy_joules: float
+    """Share of the energy the GPUs drew while the request was in flight (idle power subtracted when configured)."""
+    cost_local: float | None = None
+    """Electricity plus amortised hardware, in the configured currency."""
+    cost_cloud_equivalent: float | None = None
+    """What the same tokens would cost at the configured cloud prices."""
+
+
+@dataclass(frozen=True, slots=True)
 class Exchange:
     """One request through the proxy and how it ended.
 
@@ -159,6 +174,8 @@ class Exchange:
     """Whether the trace is being kept (exported) by the sidecar or a caller upstream of it."""
     content: BodyContent | None = None
     """Body digests or heads, only when the audit keeps them."""
+    usage: GpuUsage | None = None
+    """GPU time, energy and cost attributed to this request, when GPU metrics are on."""
 
     @property
     def is_server_error(self) -> bool:
@@ -187,3 +204,70 @@ class HealthResult:
     consecutive_failures: int
     changed: bool
     """True when this probe moved the state (e.g. up -> down)."""
+
+
+class GpuState(enum.StrEnum):
+    """Whether a GPU could be read, from the collector's point of view."""
+
+    OK = "ok"
+    LOST = "lost"
+    """NVML_ERROR_GPU_IS_LOST: fallen off the bus; needs a reset or a reboot."""
+    UNAVAILABLE = "unavailable"
+    """NVML could not be loaded or initialised (no driver, driver being reloaded)."""
+    STALE = "stale"
+    """The source stopped answering or its values stopped changing (dcgm-exporter down, a hung call)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int
+    """Host PID of a process using the GPU."""
+    used_memory_bytes: int | None
+    sm_utilization: float | None
+    """Percent of the SMs this process kept busy over the last sample period, where the driver tells."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One reading of one GPU (or MIG instance), under dcgm-exporter's field names.
+
+    `fields` maps a DCGM field name (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_POWER_USAGE`,
+    `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`, ...) to its value in dcgm-exporter's unit; a field
+    the GPU or driver does not support is absent, never zero.
+    """
+
+    at: float
+    """Wall-clock time of the reading (Unix seconds)."""
+    source: str
+    """nvml or dcgm-exporter."""
+    gpu: str
+    """GPU index as dcgm-exporter labels it ("0", "1", ...)."""
+    uuid: str
+    pci_bus_id: str
+    device: str
+    """nvidia0, nvidia1, ..."""
+    model_name: str
+    hostname: str
+    state: GpuState
+    fields: Mapping[str, float]
+    gpu_instance_profile: str | None = None
+    """MIG profile (GPU_I_PROFILE), e.g. 1g.10gb; None without MIG."""
+    gpu_instance_id: str | None = None
+    processes: tuple[GpuProcess, ...] = ()
+    driver_version: str = ""
+    """NVIDIA driver version (DCGM_FI_DRIVER_VERSION); empty when unknown."""
+    error: str | None = None
+    """Why state is not ok, or which reads failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEvent:
+    """Something that happened to a GPU: an XID error, the GPU lost, NVML gone or back."""
+
+    at: float
+    kind: str
+    """xid, gpu_lost, nvml_unavailable, driver_reloaded, recovered, read_timeout, stale."""
+    gpu: str | None
+    uuid: str | None
+    message: str
+    xid: int | None = None
