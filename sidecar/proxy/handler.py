@@ -280,6 +280,10 @@ class ProxyHandler:
         self._admission = admission
         self._settle = settle
         self._active = 0
+        # The integral of requests in flight over wall time, kept exactly at each
+        # start and end: GPU attribution divides energy by it.
+        self._request_seconds = 0.0
+        self._active_since = time.time()
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
@@ -289,6 +293,16 @@ class ProxyHandler:
     @property
     def active_requests(self) -> int:
         return self._active
+
+    def request_seconds(self) -> float:
+        """Seconds of requests in flight, summed over requests, since the handler was built."""
+        return self._request_seconds + self._active * (time.time() - self._active_since)
+
+    def _count_active(self, change: int) -> None:
+        now = time.time()
+        self._request_seconds += self._active * (now - self._active_since)
+        self._active_since = now
+        self._active += change
 
     @property
     def draining(self) -> bool:
@@ -327,7 +341,7 @@ class ProxyHandler:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        self._active += 1
+        self._count_active(1)
         self._idle.clear()
         try:
             response = await self._forward(request, settings, flight)
@@ -348,7 +362,7 @@ class ProxyHandler:
         finally:
             if task is not None:
                 self._tasks.discard(task)
-            self._active -= 1
+            self._count_active(-1)
             if not self._active:
                 self._idle.set()
             if not flight.published:
