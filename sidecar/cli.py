@@ -78,6 +78,14 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--audit-events", type=int, default=50_000, metavar="N", help="events fed to the audit pipeline (default 50000)")
     bench.set_defaults(handler=_bench)
 
+    probe = commands.add_parser(
+        "gpu-probe", help="measure matmul TFLOP/s and memory bandwidth with torch; flag a degraded GPU"
+    )
+    probe.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default auto)")
+    probe.add_argument("--seconds", type=float, default=2.0, metavar="S", help="measuring time (default 2)")
+    probe.add_argument("--json", action="store_true", help="print the result as JSON")
+    probe.set_defaults(handler=_gpu_probe)
+
     from sidecar.audit.commands import add_commands as add_audit_commands
 
     add_audit_commands(commands)
@@ -233,6 +241,17 @@ def _bench(args: argparse.Namespace) -> int:
     results = asyncio.run(run_bench(args.duration, args.rounds, scenarios, args.memory_duration, args.audit_events))
     print(json.dumps(results, indent=1) if args.json else format_table(results))
     return EXIT_OK
+
+
+def _gpu_probe(args: argparse.Namespace) -> int:
+    import json
+
+    _require_torch()
+    from sidecar.gpu.probe import format_probe, run_probe
+
+    result = run_probe(args.device, args.seconds)
+    print(json.dumps(result.as_dict(), indent=1) if args.json else format_probe(result))
+    return EXIT_FAILURE if result.degraded else EXIT_OK
 
 
 def _config_reference(args: argparse.Namespace) -> int:
