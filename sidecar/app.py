@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,15 @@ from sidecar.audit.pipeline import AuditPipeline, Lifecycle
 from sidecar.audit.redact import Redactor
 
 from sidecar.config import Config, ConfigError, KeyPath, ListenAddress, effective_config, load_config
-from sidecar.exchange import Exchange, HealthResult
+from sidecar.exchange import Exchange, GpuEvent, GpuSample, HealthResult
+from sidecar.gpu.attribution import Attribution
+from sidecar.gpu.cost import CostModel, Payback
+from sidecar.gpu.dcgm import DcgmExporterScraper, DcgmReexportCollector
+from sidecar.gpu.fields import FIELDS_BY_NAME, XID_ERRORS_TOTAL
+from sidecar.gpu.metrics import GpuMetricsCollector
+from sidecar.gpu.nvml import NvmlCollector
+from sidecar.gpu.probe_metrics import ProbeGauges
+from sidecar.gpu.usage_metrics import UsageMetrics
 from sidecar.logs import AccessLog, LogPipeline
 from sidecar.observe import Broadcast
 from sidecar.proxy.handler import ProxyHandler, ProxySettings
@@ -47,7 +55,14 @@ from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
 from sidecar.telemetry.admin import create_admin_app
 from sidecar.telemetry.tracing import Tracing
-from sidecar.telemetry.metrics import ExchangeMetrics, GenAiMetrics, HealthMetrics, LiveGauges, register_build_info
+from sidecar.telemetry.metrics import (
+    BoundedLabel,
+    ExchangeMetrics,
+    GenAiMetrics,
+    HealthMetrics,
+    LiveGauges,
+    register_build_info,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +83,12 @@ RESTART_REQUIRED = (
     "llm.provider_name",
     # The spool, sink, keys and redaction rules are opened once at start.
     "audit.",
+    # Collectors and the cost model are built at start.
+    "gpu.",
 )
+
+# The dcgm-exporter families the NVML collector serves itself.
+NVML_FAMILIES = frozenset(FIELDS_BY_NAME) | {XID_ERRORS_TOTAL.name}
 
 # After the drain, handlers still running get this long to unwind once cancelled.
 _CANCEL_GRACE_S = 1.0
@@ -98,13 +118,28 @@ class ConfigSource:
 class Sidecar:
     """The running sidecar: every part, built from one Config."""
 
-    def __init__(self, config: Config, source: ConfigSource | None = None, logs: LogPipeline | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        source: ConfigSource | None = None,
+        logs: LogPipeline | None = None,
+        *,
+        nvml: Any = None,
+    ) -> None:
+        """`nvml` replaces the pynvml module (tests use `sidecar.testing.nvml`)."""
         self.config = config
+        self._nvml_module = nvml
         self._source = source
         self._logs = logs
         self.registry = CollectorRegistry(auto_describe=True)
         self.exchanges: Broadcast[Exchange] = Broadcast("exchanges")
         self.health_results: Broadcast[HealthResult] = Broadcast("health")
+        self.gpu_samples: Broadcast[GpuSample] = Broadcast("gpu_samples")
+        self.gpu_events: Broadcast[GpuEvent] = Broadcast("gpu_events")
+        self.nvml: NvmlCollector | None = None
+        self.dcgm: DcgmExporterScraper | None = None
+        self.attribution: Attribution | None = None
+        self._cost: CostModel | None = None
         self._access_log = AccessLog(config.log.access_log)
         self.audit: AuditPipeline | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -157,6 +192,7 @@ class Sidecar:
             host_name=socket.gethostname(),
             dataset=config.audit.elasticsearch.dataset,
             namespace=config.audit.elasticsearch.namespace,
+            currency=config.gpu.cost.currency,
         )
         try:
             self.audit = build_pipeline(config, identity, redactor)
@@ -176,6 +212,87 @@ class Sidecar:
             raise StartupError(f"audit: cannot open {audit_directory(config)}: {exc}") from None
         self.exchanges.subscribe("audit", self.audit)
         self.registry.register(AuditCollector(self.audit))
+
+    def _publish_exchange(self, exchange: Exchange) -> None:
+        attribution = self.attribution
+        if attribution is not None:
+            try:
+                exchange = attribution.enrich(exchange, self._cost)
+            except Exception:
+                logger.exception("attributing GPU usage failed")
+        self.exchanges.publish(exchange)
+
+    async def _start_gpu(self, instance: str, proxy: ProxyHandler) -> None:
+        gpu = self.config.gpu
+        loop = asyncio.get_running_loop()
+        hostname = socket.gethostname()
+        if gpu.probe_at_start:
+            await self._probe_gpu()
+        self.gpu_events.subscribe("log", _log_gpu_event)
+        if self.audit is not None:
+            self.gpu_events.subscribe("audit", _gpu_event_recorder(self.audit))
+        if gpu.attribution and (gpu.nvml.enabled or gpu.dcgm_exporter.enabled):
+            self.attribution = Attribution(
+                request_seconds=proxy.request_seconds, subtract_idle_power=gpu.subtract_idle_power
+            )
+            self._cost = CostModel(gpu.cost, gpus=gpu.cost.gpus)
+            self.gpu_samples.subscribe("attribution", self.attribution.observe)
+            self.exchanges.subscribe(
+                "gpu_usage_metrics",
+                UsageMetrics(
+                    self.registry,
+                    label_model=BoundedLabel(self.config.metrics.max_models),
+                    label_tenant=BoundedLabel(self.config.metrics.max_tenants),
+                    payback=Payback(gpu.cost),
+                    currency=gpu.cost.currency,
+                ),
+            )
+        if gpu.nvml.enabled:
+            # NVML answers on the collector's threads; records are handed to the loop.
+            self.nvml = NvmlCollector(
+                gpu.nvml,
+                hostname,
+                on_sample=lambda sample: loop.call_soon_threadsafe(self.gpu_samples.publish, sample),
+                on_event=lambda event: loop.call_soon_threadsafe(self.gpu_events.publish, event),
+                nvml=self._nvml_module,
+            )
+            await asyncio.to_thread(self.nvml.start)
+            self.registry.register(GpuMetricsCollector(self.nvml))
+        if gpu.dcgm_exporter.enabled:
+            self.dcgm = DcgmExporterScraper(
+                gpu.dcgm_exporter, hostname, on_sample=self.gpu_samples.publish, on_event=self.gpu_events.publish
+            )
+            await self.dcgm.start()
+            # Where NVML serves a field itself, its finer-grained series wins over the re-exposed one.
+            self.registry.register(
+                DcgmReexportCollector(self.dcgm, reexpose=gpu.dcgm_exporter.reexpose, exclude=self._served_by_nvml)
+            )
+
+    def _served_by_nvml(self) -> frozenset[str]:
+        if self.nvml is None or not self.nvml.nvml_available:
+            return frozenset()
+        return NVML_FAMILIES
+
+    async def _probe_gpu(self) -> None:
+        try:
+            from sidecar.gpu.probe import format_probe, run_probe
+        except ImportError as exc:
+            raise StartupError(f"gpu.probe_at_start: {exc}") from None
+        try:
+            result = await asyncio.to_thread(run_probe)
+        except Exception as exc:
+            # A probe that cannot run is a finding about the GPU, not a reason to stay down.
+            logger.error("GPU probe failed", extra={"error": f"{exc.__class__.__name__}: {exc}"})
+            return
+        level = logging.WARNING if result.degraded else logging.INFO
+        logger.log(level, "GPU probe: " + format_probe(result).replace("\n", "; "), extra={"probe": result.as_dict()})
+        self.registry.register(ProbeGauges(result))
+
+    async def _stop_gpu(self) -> None:
+        if self.nvml is not None:
+            await asyncio.to_thread(self.nvml.stop)
+        if self.dcgm is not None:
+            await self.dcgm.stop()
 
     def _not_draining(self) -> str | None:
         return "draining for shutdown" if self._proxy is not None and self._proxy.draining else None
@@ -209,13 +326,14 @@ class Sidecar:
         self._proxy = ProxyHandler(
             ProxySettings.from_config(config),
             self._session,
-            self.exchanges.publish,
+            self._publish_exchange,
             self.tracing,
             admission=audit.admission_refusal if audit and config.audit.spool.when_full == "fail_closed" else None,
             settle=audit.settle if audit and config.audit.hold_response else None,
         )
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy
+        await self._start_gpu(instance, proxy)
         self.registry.register(
             LiveGauges(
                 active_requests=lambda: proxy.active_requests,
@@ -302,6 +420,7 @@ class Sidecar:
             task.cancel()
         if self._prober is not None:
             await self._prober.stop()
+        await self._stop_gpu()
         if self.audit is not None:
             # After the drain, so every request's record is in before the final checkpoint.
             await self.audit.stop(
@@ -466,6 +585,30 @@ def _keep_running_values(running: Config, new: Config) -> Config:
             source, target = source[part], target[part]
         target[key] = source[key]
     return Config.model_validate(data)
+
+
+def _log_gpu_event(event: GpuEvent) -> None:
+    level = logging.INFO if event.kind == "recovered" else logging.WARNING
+    logger.log(level, event.message, extra={"gpu": event.gpu, "uuid": event.uuid, "kind": event.kind, "xid": event.xid})
+
+
+def _gpu_event_recorder(audit: AuditPipeline) -> Callable[[GpuEvent], None]:
+    """GPU events on the audit trail: an XID or a lost GPU explains the failed requests around it."""
+
+    def record(event: GpuEvent) -> None:
+        audit.record(
+            Lifecycle(
+                action="gpu-" + event.kind.removeprefix("gpu_").replace("_", "-"),
+                category=("host",),
+                types=("info",) if event.kind == "recovered" else ("error",),
+                message=event.message,
+                at=event.at,
+                outcome="success" if event.kind == "recovered" else "failure",
+                sidecar={"gpu_event": {"gpu": event.gpu, "uuid": event.uuid, "xid": event.xid}},
+            )
+        )
+
+    return record
 
 
 def _config_digest(config: Config) -> str:

@@ -33,9 +33,14 @@ class RunningSidecar:
 
 
 def sidecar_config(upstream_url: str, data_dir: Path, settings: dict[str, Any] | None = None):
-    """A config for tests: ephemeral loopback ports, no health probing unless asked for."""
+    """A config for tests: ephemeral loopback ports, no health probing unless asked for.
+
+    NVML is off so that a test behaves the same on a GPU host as in CI; GPU tests
+    turn it on with a stand-in module.
+    """
     flags: dict[tuple[str | int, ...], Any] = {
         ("upstream", "url"): upstream_url,
+        ("gpu", "nvml", "enabled"): False,
         ("proxy", "listen"): "127.0.0.1:0",
         ("admin", "listen"): "127.0.0.1:0",
         ("data_dir",): str(data_dir),
@@ -62,9 +67,13 @@ async def upstream() -> AsyncIterator[TestUpstream]:
 async def make_sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     started: list[Sidecar] = []
 
-    async def factory(upstream_url: str, **settings: Any) -> RunningSidecar:
-        config = sidecar_config(upstream_url, tmp_path / "data", {k.replace("__", "."): v for k, v in settings.items()})
-        running = RunningSidecar(Sidecar(config))
+    async def factory(upstream_url: str, *, nvml: Any = None, **settings: Any) -> RunningSidecar:
+        """`nvml`: a pynvml stand-in, which also turns the NVML collector on."""
+        dotted = {k.replace("__", "."): v for k, v in settings.items()}
+        if nvml is not None:
+            dotted.setdefault("gpu.nvml.enabled", True)
+        config = sidecar_config(upstream_url, tmp_path / "data", dotted)
+        running = RunningSidecar(Sidecar(config, nvml=nvml))
         running.sidecar.exchanges.subscribe("test", running.exchanges.append)
         running.sidecar.health_results.subscribe("test", running.health.append)
         await running.sidecar.start()

@@ -29,6 +29,8 @@ class AuditIdentity:
     host_name: str
     dataset: str
     namespace: str
+    currency: str = "USD"
+    """Of the cost fields."""
 
 
 def iso_time(seconds: float) -> str:
@@ -175,6 +177,14 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
             "stream": gen_ai.stream,
             "input_token_source": gen_ai.input_token_source.value,
             "output_token_source": gen_ai.output_token_source.value,
+        }
+    usage = exchange.usage
+    if usage is not None:
+        sidecar["gpu"] = {"seconds": round(usage.gpu_seconds, 6), "energy_joules": round(usage.energy_joules, 6)}
+        sidecar["cost"] = {
+            "local": usage.cost_local,
+            "cloud_equivalent": usage.cost_cloud_equivalent,
+            "currency": identity.currency if usage.cost_local is not None or usage.cost_cloud_equivalent is not None else None,
         }
     content = exchange.content
     if content is not None:

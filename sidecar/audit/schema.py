@@ -47,8 +47,9 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField(
         "event.action",
         _KEYWORD,
-        "`http-request`, `model-call`, `sidecar-start`, `sidecar-stop`, `config-load`, `config-reload`, "
-        "`audit-checkpoint`, `audit-events-dropped`, `audit-spool-recovered`.",
+        "`http-request`, `model-call`, `sidecar-start` (with the config's digest), `sidecar-stop`, `config-reload`, "
+        "`audit-checkpoint`, `audit-events-dropped`, `audit-spool-recovered`, `gpu-xid`, `gpu-lost`, "
+        "`gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`.",
     ),
     AuditField("event.outcome", _KEYWORD, "`success`, `failure` (4xx/5xx, timeouts, upstream errors) or `unknown`."),
     AuditField("event.reason", _KEYWORD, "Why a non-request event happened, e.g. the reload's cause."),
@@ -110,6 +111,11 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.gen_ai.stream", "boolean", "Whether the answer was streamed."),
     AuditField("sidecar.gen_ai.input_token_source", _KEYWORD, "`reported` by the server or `counted`."),
     AuditField("sidecar.gen_ai.output_token_source", _KEYWORD, "`reported` by the server or `counted`."),
+    AuditField("sidecar.gpu.seconds", "float", "The request's share of GPU busy time (see docs/gpu-attribution.md)."),
+    AuditField("sidecar.gpu.energy_joules", "float", "The request's share of GPU energy."),
+    AuditField("sidecar.cost.local", "float", "Electricity plus amortised hardware for this request."),
+    AuditField("sidecar.cost.cloud_equivalent", "float", "The same tokens at the configured cloud prices."),
+    AuditField("sidecar.cost.currency", _KEYWORD, "`gpu.cost.currency`."),
     AuditField("sidecar.content.request_sha256", _KEYWORD, "SHA-256 of the request body (`audit.content: sha256`)."),
     AuditField("sidecar.content.response_sha256", _KEYWORD, "SHA-256 of the response body as relayed."),
     AuditField("sidecar.content.request", _TEXT, "Request body head, redacted (`audit.content: redacted`).",
@@ -130,6 +136,9 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.config.changed", _KEYWORD, "Keys a reload changed."),
     AuditField("sidecar.config.restart_required", _KEYWORD, "Changed keys that wait for a restart."),
     AuditField("sidecar.config.sha256", _KEYWORD, "Digest of the effective configuration."),
+    AuditField("sidecar.gpu_event.gpu", _KEYWORD, "GPU index a GPU event concerns."),
+    AuditField("sidecar.gpu_event.uuid", _KEYWORD, "GPU UUID a GPU event concerns."),
+    AuditField("sidecar.gpu_event.xid", "long", "XID error code."),
     AuditField("sidecar.audit.dropped_events", "long", "Events dropped (spool full, fail_open) since the last notice."),
     AuditField("sidecar.audit.quarantined_bytes", "long", "Corrupt spool bytes set aside at recovery."),
 )

@@ -38,7 +38,9 @@ class SidecarProcess:
 
     async def start(self, timeout: float = 20.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-        env.update({"SIDECAR_LOG__FORMAT": "json", "SIDECAR_UPSTREAM__HEALTH__ENABLED": "false"})
+        # NVML off: the same behaviour on a GPU host as in CI.
+        env.update({"SIDECAR_LOG__FORMAT": "json", "SIDECAR_UPSTREAM__HEALTH__ENABLED": "false",
+                    "SIDECAR_GPU__NVML__ENABLED": "false"})
         env.update(self.env)
         command = [
             sys.executable, "-m", "sidecar", "run",
