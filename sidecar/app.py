@@ -247,6 +247,12 @@ class Sidecar:
                     currency=gpu.cost.currency,
                 ),
             )
+        nvml_module = self._nvml_module
+        if gpu.nvml.enabled and nvml_module is None and gpu.nvml.simulate:
+            from sidecar.testing.nvml import FakeNvml
+
+            logger.warning("GPU readings are simulated (gpu.nvml.simulate: %d): not a real GPU", gpu.nvml.simulate)
+            nvml_module = FakeNvml(gpu.nvml.simulate, pcie_delay=0.0)
         if gpu.nvml.enabled:
             # NVML answers on the collector's threads; records are handed to the loop.
             self.nvml = NvmlCollector(
@@ -254,7 +260,7 @@ class Sidecar:
                 hostname,
                 on_sample=lambda sample: loop.call_soon_threadsafe(self.gpu_samples.publish, sample),
                 on_event=lambda event: loop.call_soon_threadsafe(self.gpu_events.publish, event),
-                nvml=self._nvml_module,
+                nvml=nvml_module,
             )
             await asyncio.to_thread(self.nvml.start)
             self.registry.register(GpuMetricsCollector(self.nvml))

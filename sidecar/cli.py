@@ -249,7 +249,15 @@ def _gpu_probe(args: argparse.Namespace) -> int:
     _require_torch()
     from sidecar.gpu.probe import format_probe, run_probe
 
-    result = run_probe(args.device, args.seconds)
+    try:
+        result = run_probe(args.device, args.seconds)
+    except ValueError as exc:
+        print(f"sidecar gpu-probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:
+        # No CUDA where a GPU was asked for, or no dtype works: the probe could not run.
+        print(f"sidecar gpu-probe: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(json.dumps(result.as_dict(), indent=1) if args.json else format_probe(result))
     return EXIT_FAILURE if result.degraded else EXIT_OK
 

@@ -389,6 +389,9 @@ class NvmlConfig(Section):
     """Time between PCIe throughput reads (each blocks about 20 ms inside the driver)."""
     xid_events: bool = True
     """Wait for XID errors on an NVML event set, in a thread of its own."""
+    simulate: int = Field(0, ge=0, le=8)
+    """Read this many simulated H100 GPUs instead of NVML (steady recorded values, a moving energy
+    counter): for demos and benchmarks on machines without a GPU. Never in production."""
 
 
 class DcgmExporterConfig(Section):

@@ -17,6 +17,7 @@ from sidecar import __version__
 from sidecar.bench import load
 from sidecar.bench.audit import audit_throughput
 from sidecar.bench.targets import MINIMAL_SIDECAR, Target, TargetSet
+from sidecar.gpu.nvml import nvml_present
 
 SCENARIOS = ("latency", "throughput", "sse", "memory", "audit")
 SIDECAR = "sidecar (defaults)"
@@ -75,6 +76,9 @@ async def run_bench(
                 # Any 2xx satisfies the OTLP/HTTP exporter; the fast upstream is the sink.
                 "SIDECAR_TRACING__ENDPOINT": f"{direct.url}/v1/traces",
             }
+            if not nvml_present():
+                # The GPU collector and per-request attribution cost what they cost with a GPU.
+                sidecar_env["SIDECAR_GPU__NVML__SIMULATE"] = "1"
             lineup = [direct, targets.sidecar(SIDECAR, direct, sidecar_env),
                       targets.sidecar("sidecar (everything off)", direct, MINIMAL_SIDECAR), targets.bare_aiohttp(direct)]  # fmt: skip
             nginx = targets.nginx(direct)

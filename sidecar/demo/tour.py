@@ -16,6 +16,7 @@ from sidecar.app import Sidecar
 from sidecar.config import Config, load_config
 from sidecar.demo.server import DEFAULT_MODEL_NAME
 from sidecar.demo.traffic import send_burst
+from sidecar.gpu.nvml import nvml_present
 
 
 def _free_port() -> int:
@@ -39,7 +40,9 @@ async def _wait_healthy(url: str, process: asyncio.subprocess.Process, timeout: 
             await asyncio.sleep(0.1)
 
 
-def demo_config(model_port: int, data_dir: str | None, listen: str | None, admin_listen: str | None) -> Config:
+def demo_config(
+    model_port: int, data_dir: str | None, listen: str | None, admin_listen: str | None, *, simulate_gpu: bool
+) -> Config:
     flags: dict[tuple[str | int, ...], object] = {
         ("upstream", "url"): f"http://127.0.0.1:{model_port}",
         ("proxy", "listen"): listen or f"127.0.0.1:{_free_port()}",
@@ -49,6 +52,11 @@ def demo_config(model_port: int, data_dir: str | None, listen: str | None, admin
     }
     if data_dir:
         flags[("data_dir",)] = data_dir
+    if simulate_gpu:
+        # Without a GPU the tour still shows the GPU series, time, energy and cost per request.
+        flags[("gpu", "nvml", "simulate")] = 1
+        flags[("gpu", "cost", "cloud_prices", "default")] = {"input_per_1k": 0.015, "output_per_1k": 0.025,
+                                                              "per_request": 0.001}  # fmt: skip
     return load_config(None, env={k: v for k, v in os.environ.items() if k.startswith("SIDECAR_")}, flags=flags)
 
 
@@ -73,7 +81,8 @@ async def run_demo(
         loop.add_signal_handler(sig, stop.set)
     try:
         await _wait_healthy(f"http://127.0.0.1:{model_port}/health", model_server)
-        sidecar = Sidecar(demo_config(model_port, data_dir, listen, admin_listen))
+        simulate_gpu = not await asyncio.to_thread(nvml_present)
+        sidecar = Sidecar(demo_config(model_port, data_dir, listen, admin_listen, simulate_gpu=simulate_gpu))
         await sidecar.start()
         proxy_url = f"http://{sidecar.proxy_address}"
         admin_url = f"http://{sidecar.admin_address}"
@@ -81,6 +90,8 @@ async def run_demo(
         print(f"sidecar proxy      {proxy_url}")
         print(f"metrics            {admin_url}/metrics")
         print(f"readiness          {admin_url}/-/ready")
+        if simulate_gpu:
+            print("GPU readings       simulated: no NVIDIA driver here (gpu.nvml.simulate)")
         audit = sidecar.config.data_dir / "audit"
         print(f"audit trail        {audit / 'events'}  (JSON Lines, one record per request)\n")
         print("sending a burst of mixed traffic through the sidecar:")
@@ -89,7 +100,7 @@ async def run_demo(
         print("\ntry it:")
         print(f"  curl -N {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' \\")
         print(f"    -d '{{\"model\": \"{DEFAULT_MODEL_NAME}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'")
-        print(f"  curl -s {admin_url}/metrics | grep gen_ai_")
+        print(f"  curl -s {admin_url}/metrics | grep -E 'gen_ai_|DCGM_FI_DEV_POWER|sidecar_cost'")
         print(f"  sidecar audit verify --file {audit / 'events'} --public-key {audit / 'checkpoint.pub'}")
         print("\nserving" + (f" for {duration:g}s" if duration else " until Ctrl-C"), flush=True)
         with contextlib.suppress(TimeoutError):

@@ -183,6 +183,18 @@ def _mig_profile(mig_device_name: str) -> str:
     return profile.strip() if marker else mig_device_name
 
 
+def nvml_present() -> bool:
+    """Whether NVML answers on this machine (an NVIDIA driver and nvidia-ml-py). Blocks briefly."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return False
+    return True
+
+
 class NvmlCollector:
     """Samples every GPU NVML sees (or `config.devices`) every `config.interval`; see the module docstring."""
 
@@ -334,15 +346,18 @@ class NvmlCollector:
             return ""
 
     def _lose_nvml(self, reason: str) -> None:
+        for gpu in self._gpus.values():
+            gpu.state, gpu.error = GpuState.UNAVAILABLE, reason
+        unavailable = [self._state_sample(gpu, GpuState.UNAVAILABLE) for gpu in self._gpus.values()]
         with self._lock:
+            # In one step: a scrape must never see NVML down beside readings that look current.
             self._available = False
+            self._latest = {sample.gpu: sample for sample in unavailable}
         self._unavailable_reported = True
         self._init_at = time.monotonic() + self._reinit_interval
         self._event("nvml_unavailable", None, f"NVML stopped answering ({reason}); "
                     f"trying again every {self._reinit_interval:g}s")  # fmt: skip
         self._close_nvml(shutdown=False)
-        for gpu in self._gpus.values():
-            gpu.state, gpu.error = GpuState.UNAVAILABLE, reason
 
     def _close_nvml(self, *, shutdown: bool) -> None:
         if self._xid is not None:

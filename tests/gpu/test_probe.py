@@ -167,3 +167,25 @@ def test_report_shows_the_verdict_the_peaks_and_the_reasons():
     assert "sm_clock_mhz 1980" in report and f"- {reasons[0]}" in report
     assert "healthy" in format_probe(dataclasses.replace(result, tflops=700.0, degraded=False, reasons=[])).splitlines()[0]
     assert result.as_dict()["expected"]["name"] == "H100 SXM"
+
+
+def test_command_prints_json_and_exits_0_without_a_verdict(torch):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "gpu-probe", "--device", "cpu", "--seconds", "0.3", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["device"] == "cpu" and report["tflops"] > 0 and report["bandwidth_gbps"] > 0
+    assert report["degraded"] is False
+
+
+def test_command_names_a_bad_device(torch):
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "sidecar", "gpu-probe", "--device", "tpu"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "tpu" in result.stderr and "cuda" in result.stderr
