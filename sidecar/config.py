@@ -33,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 
+from sidecar.buckets import HTTP_DURATION_BUCKETS, TTFT_BUCKETS
+
 ENV_PREFIX = "SIDECAR_"
 ENV_CONFIG_FILE = "SIDECAR_CONFIG"
 
@@ -581,6 +583,200 @@ class AuditConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
 
 
+SignalName = Literal[
+    "request_rate",
+    "error_ratio",
+    "request_duration_quantile",
+    "ttft_quantile",
+    "tpot_quantile",
+    "rate_limit_rejections",
+    "upstream_up",
+    "upstream_consecutive_failures",
+    "gpu_temperature",
+    "gpu_memory_used_percent",
+    "gpu_power_watts",
+    "gpu_throttled",
+    "gpu_xid_errors",
+    "gpu_lost",
+    "audit_spool_fill_ratio",
+    "audit_events_dropped",
+    "audit_dead_letters",
+    "audit_sink_up",
+]
+"""What a rule can watch; `sidecar.rules.signals` says what each one measures and in which unit."""
+
+_ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class AlertRuleConfig(Section):
+    """One alert rule: a signal compared with a threshold, held for a while before it fires."""
+
+    # `for` is Prometheus's word and a Python keyword: the attribute is `for_`, the key `for`.
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(pattern=_ALERT_NAME)
+    """The alert's name (`alertname`); a rule with a default rule's name replaces it."""
+    signal: SignalName
+    """What is watched (see the rules guide for each signal's unit)."""
+    window: PositiveDuration = 300.0
+    """The span the signal is computed over (rates, ratios, quantiles, counts, aggregates)."""
+    quantile: float | None = Field(None, gt=0, lt=1)
+    """For *_quantile signals: 0.5, 0.95, 0.99, ..."""
+    error_class: Literal["any", "5xx", "timeout", "upstream_down"] = "any"
+    """For error_ratio: any server-side failure, 5xx answers, upstream timeouts, or upstream unreachable."""
+    aggregate: Literal["last", "max", "min", "avg"] = "last"
+    """For gauges (GPU, audit spool, upstream): the newest value, or the max/min/mean over `window`."""
+    op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
+    """How the signal is compared with the threshold."""
+    threshold: float
+    """The value the signal is compared with, in the signal's unit."""
+    for_: Duration = Field(0.0, alias="for", ge=0)
+    """How long the condition must hold before the alert fires (pending until then)."""
+    keep_firing_for: Duration = Field(0.0, ge=0)
+    """How long a firing alert stays firing after the condition stops holding."""
+    severity: str = Field("warning", pattern=r"^[a-z][a-z0-9_-]*$")
+    """The `severity` label: critical, warning, info, page, ticket, ..."""
+    labels: dict[str, str] = {}
+    """Extra labels; label names as in Prometheus."""
+    annotations: dict[str, str] = {}
+    """summary, description, runbook_url, ...: Go-template text with {{ $value }} and {{ $labels.NAME }}."""
+    enabled: bool = True
+    """false: switch the rule (or the default rule of this name) off."""
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_signal(self) -> AlertRuleConfig:
+        quantile_signal = self.signal.endswith("_quantile")
+        if quantile_signal and self.quantile is None:
+            raise ValueError(f"expected quantile (e.g. 0.99) for signal {self.signal} in rule {self.name!r}")
+        if not quantile_signal and self.quantile is not None:
+            raise ValueError(f"expected no quantile in rule {self.name!r}: it applies to *_quantile signals, not {self.signal}")
+        if self.error_class != "any" and self.signal != "error_ratio":
+            raise ValueError(f"expected no error_class in rule {self.name!r}: it applies to error_ratio, not {self.signal}")
+        for label in (*self.labels, *self.annotations):
+            if not re.match(_LABEL_NAME, label):
+                raise ValueError(f"expected label names like [A-Za-z_][A-Za-z0-9_]* in rule {self.name!r}, got {label!r}")
+        if "severity" in self.labels or "alertname" in self.labels:
+            raise ValueError(f"expected severity as its own key and no alertname label (the rule's name) in rule {self.name!r}")
+        return self
+
+
+class SloConfig(Section):
+    """A service level objective; multi-window, multi-burn-rate alerts are generated from it."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    """The SLO's name (the `slo` label); one with a default SLO's name replaces it."""
+    sli: Literal["availability", "latency"] = "availability"
+    """availability: good = not a server-side failure; latency: good = answered within latency_threshold."""
+    objective: float = Field(gt=0, lt=100)
+    """Percent of good requests: 99, 99.9, 99.95, 99.99, ..."""
+    period: PositiveDuration = 30 * 86400.0
+    """The compliance period the error budget is counted over (at most 90d)."""
+    latency_signal: Literal["request_duration", "ttft"] = "request_duration"
+    """For latency SLOs: whole-request duration or time to first token."""
+    latency_threshold: Duration | None = None
+    """For latency SLOs: the bound a good request stays within; one of the histogram's bucket bounds."""
+    page: bool = True
+    """Generate the page alert (14.4x burn over 1h and 5m, or 6x over 6h and 30m)."""
+    ticket: bool = True
+    """Generate the ticket alert (3x burn over 1d and 2h, or 1x over 3d and 6h)."""
+    enabled: bool = True
+    """false: switch the SLO (or the default SLO of this name) off."""
+
+    @model_validator(mode="after")
+    def _latency_needs_threshold(self) -> SloConfig:
+        if self.period > 90 * 86400:
+            raise ValueError(f"expected a period of at most 90d in slo {self.name!r}, got {format_duration(self.period)}")
+        if self.sli == "latency" and self.latency_threshold is None:
+            raise ValueError(f"expected latency_threshold (e.g. 500ms) for the latency slo {self.name!r}")
+        if self.sli != "latency" and self.latency_threshold is not None:
+            raise ValueError(f"expected no latency_threshold in slo {self.name!r}: it applies to sli: latency")
+        if self.latency_threshold is not None:
+            # "Good" must be one `le` bucket, or the exported rules would count a different thing.
+            bounds = HTTP_DURATION_BUCKETS if self.latency_signal == "request_duration" else TTFT_BUCKETS
+            if self.latency_threshold not in bounds:
+                raise ValueError(
+                    f"expected a latency_threshold in slo {self.name!r} that is a {self.latency_signal} bucket "
+                    f"bound: {', '.join(format_duration(b) for b in bounds)}; got {format_duration(self.latency_threshold)}"
+                )
+        return self
+
+
+class AlertmanagerConfig(Section):
+    """An Alertmanager to push alerts to (API v2)."""
+
+    url: str = Field(pattern=r"^https?://")
+    """Base URL, e.g. http://127.0.0.1:9093; alerts go to <url>/api/v2/alerts."""
+    timeout: PositiveDuration = 10.0
+    """A post slower than this fails (and is tried again at the next resend)."""
+
+
+class WebhookConfig(Section):
+    """A receiver that takes Alertmanager's webhook payload (version 4), grouped as Alertmanager groups."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """The payload's `receiver`."""
+    url: str = Field(pattern=r"^https?://")
+    """Where the payload is POSTed."""
+    group_by: list[str] = ["alertname"]
+    """Labels that make a group; `...` groups by all labels (one notification per alert)."""
+    group_wait: Duration = Field(30.0, ge=0)
+    """How long a new group waits for more alerts before its first notification."""
+    group_interval: PositiveDuration = 300.0
+    """How long to wait before notifying about changes to a group already notified."""
+    repeat_interval: PositiveDuration = 4 * 3600.0
+    """How long to wait before repeating an unchanged notification."""
+    send_resolved: bool = True
+    """Notify when a group's alerts resolve."""
+    timeout: PositiveDuration = 10.0
+    """A post slower than this fails and is retried with backoff."""
+    max_alerts: int = Field(0, ge=0)
+    """Alerts per payload (0: all); the rest are counted in truncatedAlerts."""
+
+
+class RulesConfig(Section):
+    """Alert rules and SLOs, evaluated in-process; notifications to Alertmanager and webhooks."""
+
+    enabled: bool = True
+    """Evaluate rules and SLOs in-process."""
+    interval: PositiveDuration = 1.0
+    """Time between evaluations of every rule."""
+    defaults: bool = True
+    """Include the shipped rules and SLO (see the rules guide); rules here replace them by name."""
+    alerts: list[AlertRuleConfig] = []
+    """Alert rules (keys under `rules.alerts[]` below)."""
+    slos: list[SloConfig] = []
+    """Service level objectives (keys under `rules.slos[]` below)."""
+    external_url: str = ""
+    """Where alerts link to (generatorURL, externalURL); empty: the admin listener's status page."""
+    external_labels: dict[str, str] = {}
+    """Labels added to every alert (instance is always added: instance_id)."""
+    state_file: Path | None = None
+    """Windows and alert states, saved so a restart keeps the error budget and active alerts;
+    empty: <data_dir>/rules/state.json."""
+    state_save_interval: PositiveDuration = 10.0
+    """Time between saves of the state file (and one at shutdown)."""
+    resend_delay: PositiveDuration = 60.0
+    """Firing alerts are sent to Alertmanager again this often (Prometheus's --rules.alert.resend-delay)."""
+    resolved_retention: PositiveDuration = 900.0
+    """Resolved alerts are kept, and re-sent to Alertmanager, for this long."""
+    alertmanagers: list[AlertmanagerConfig] = []
+    """Every alert goes to each of them (an HA pair gets both copies and deduplicates)."""
+    webhooks: list[WebhookConfig] = []
+    """Receivers of Alertmanager's webhook payload, grouped by the sidecar (keys under `rules.webhooks[]`)."""
+    queue_size: int = Field(10_000, ge=10)
+    """Notifications waiting per receiver; beyond it the oldest are dropped (and counted)."""
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> RulesConfig:
+        for kind, names in (("alerts", [r.name for r in self.alerts]), ("slos", [s.name for s in self.slos]),
+                            ("webhooks", [w.name for w in self.webhooks])):  # fmt: skip
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"expected unique names in rules.{kind}, repeated: {', '.join(duplicates)}")
+        return self
+
+
 class AdminConfig(Section):
     """The operators' listener, separate from the proxy."""
 
@@ -619,6 +815,7 @@ class Config(Section):
     tracing: TracingConfig = TracingConfig()
     gpu: GpuConfig = GpuConfig()
     audit: AuditConfig = AuditConfig()
+    rules: RulesConfig = RulesConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -868,10 +1065,14 @@ def _describe_type(info: Any, default: Any) -> str:
         return " \\| ".join(f"`{choice}`" for choice in info.annotation.__args__)
     if isinstance(default, dict):
         return "mapping"
+    if isinstance(default, list):
+        return "list"
     if isinstance(default, bool):
         return "boolean"
     if isinstance(default, int):
         return "integer"
+    if isinstance(default, float) or info.annotation in (float, float | None):
+        return "number"
     return "path" if info.annotation is Path else "string"
 
 
@@ -894,11 +1095,15 @@ def config_reference() -> str:
     def walk(model: type[BaseModel], values: dict[str, Any], prefix: str) -> None:
         rows: list[str] = []
         sections: list[tuple[str, type[BaseModel], dict[str, Any]]] = []
+        lists: list[tuple[str, type[BaseModel]]] = []
         for name, info in model.model_fields.items():
             path = f"{prefix}{name}"
             if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
                 sections.append((path, info.annotation, values[name]))
                 continue
+            item = _list_item_section(info.annotation)
+            if item is not None:
+                lists.append((f"{path}[]", item))
             env = ENV_PREFIX + path.replace(".", "__").upper()
             description = " ".join((info.description or "").split())
             kind = _describe_type(info, values[name])
@@ -911,11 +1116,48 @@ def config_reference() -> str:
             lines.extend(["| key | default | type | environment | meaning |", "|---|---|---|---|---|", *rows, ""])
         for path, section, section_values in sections:
             walk(section, section_values, f"{path}.")
+        for path, item in lists:
+            list_items(item, path)
+
+    def list_items(model: type[BaseModel], path: str) -> None:
+        # Entries of a list have no environment variable of their own: they are set in the file.
+        rows = []
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            if info.is_required():
+                default = "required"
+            else:
+                value = info.get_default(call_default_factory=True)
+                default = f"`{_format_default(_describe_type(info, value), value)}`"
+            description = " ".join((info.description or "").split())
+            rows.append(f"| `{path}.{key}` | {default} | {_describe_type(info, info.default)} | {description} |")
+        doc = " ".join((model.__doc__ or "").split())
+        lines.extend([f"## `{path}`", "", doc, "", "| key | default | type | meaning |", "|---|---|---|---|", *rows, ""])
 
     walk(Config, defaults, "")
     return "\n".join(lines)
 
 
+def _list_item_section(annotation: Any) -> type[BaseModel] | None:
+    """The section type of a `list[Section]` field, else None."""
+    args = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) is list and len(args) == 1:
+        item = args[0]
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def _format_default(kind: str, value: Any) -> Any:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if kind == "duration":
+        return format_duration(value)
+    return value
+
+
 def effective_config(config: Config) -> dict[str, Any]:
     """The config as plain JSON-able values, in the units an operator writes."""
-    return config.model_dump(mode="json")
+    return config.model_dump(mode="json", by_alias=True)
