@@ -223,7 +223,8 @@ def _rule_from_config(alert: AlertRuleConfig, origin: str) -> RuleSpec:
 def _slo_spec(slo: SloConfig) -> SloSpec:
     latency = slo.sli == "latency"
     return SloSpec(
-        name=slo.name, sli=slo.sli, objective=slo.objective / 100.0, period_s=slo.period,
+        # Rounded: 99.9 / 100 is 0.9990000000000001, and PromQL writes 0.999.
+        name=slo.name, sli=slo.sli, objective=round(slo.objective / 100.0, 12), period_s=slo.period,
         latency_signal=slo.latency_signal if latency else None,
         latency_threshold_s=slo.latency_threshold if latency else None, page=slo.page, ticket=slo.ticket,
     )  # fmt: skip
