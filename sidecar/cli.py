@@ -90,6 +90,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_audit_commands(commands)
 
+    from sidecar.rules.commands import add_commands as add_rules_commands
+
+    add_rules_commands(commands)
+
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference (Markdown) with every key and default"
     )
