@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.audit.build import AuditSetupError, audit_directory, build_pipeline, build_redactor
-from sidecar.audit.events import AuditIdentity
+from sidecar.audit.events import AuditIdentity, iso_time
 from sidecar.audit.metrics import AuditCollector
 from sidecar.audit.pipeline import AuditPipeline, Lifecycle
 from sidecar.audit.redact import Redactor
@@ -48,6 +48,14 @@ from sidecar.gpu.nvml import NvmlCollector
 from sidecar.gpu.probe_metrics import ProbeGauges
 from sidecar.gpu.usage_metrics import UsageMetrics
 from sidecar.logs import AccessLog, LogPipeline
+from sidecar.rules.alert import Alert, AlertState, AlertTransition
+from sidecar.rules.engine import RuleEngine
+from sidecar.rules.metrics import RulesCollector
+from sidecar.rules.notify import Notifier
+from sidecar.rules.notify_metrics import NotifierCollector
+from sidecar.rules.runner import RulesRunner
+from sidecar.rules.spec import SpecError, effective_rules
+from sidecar.rules.state import StateFile
 from sidecar.observe import Broadcast
 from sidecar.proxy.handler import ProxyHandler, ProxySettings
 from sidecar.proxy.health import HealthProber
@@ -85,6 +93,8 @@ RESTART_REQUIRED = (
     "audit.",
     # Collectors and the cost model are built at start.
     "gpu.",
+    # The rule set fixes the windows kept; a restart keeps them through the state file.
+    "rules.",
 )
 
 # The dcgm-exporter families the NVML collector serves itself.
@@ -142,6 +152,8 @@ class Sidecar:
         self._cost: CostModel | None = None
         self._access_log = AccessLog(config.log.access_log)
         self.audit: AuditPipeline | None = None
+        self.rule_engine: RuleEngine | None = None
+        self.rules: RulesRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._proxy: ProxyHandler | None = None
         self._proxy_server: ProxyServer | None = None
@@ -300,6 +312,78 @@ class Sidecar:
         if self.dcgm is not None:
             await self.dcgm.stop()
 
+    def _build_rule_engine(self, instance: str) -> None:
+        """The engine, subscribed to every record before traffic starts, so no request goes uncounted."""
+        try:
+            ruleset = effective_rules(self.config.rules)
+        except SpecError as exc:
+            raise StartupError(str(exc)) from None
+        engine = RuleEngine(
+            ruleset,
+            instance=instance,
+            external_labels=self.config.rules.external_labels,
+            resolved_retention_s=self.config.rules.resolved_retention,
+        )
+        self.exchanges.subscribe("rules", engine.observe_exchange)
+        self.health_results.subscribe("rules", engine.observe_health)
+        self.gpu_samples.subscribe("rules", engine.observe_gpu_sample)
+        self.gpu_events.subscribe("rules", engine.observe_gpu_event)
+        audit = self.audit
+        if audit is not None:
+            spool, sink, stats = audit.spool, audit.sink, audit.stats
+            engine.add_reading("audit_spool_fill_ratio", lambda: spool.used_bytes / spool.max_bytes if spool.max_bytes else None)
+            engine.add_reading("audit_sink_up", lambda: 1.0 if sink.up else 0.0)
+            engine.add_counter("audit_events_dropped", lambda: float(sum(stats.dropped.values())))
+            engine.add_counter("audit_dead_letters", lambda: float(sink.dead_lettered))
+        self.registry.register(RulesCollector(engine))
+        self.rule_engine = engine
+
+    async def _start_rules(self, engine: RuleEngine) -> None:
+        rules = self.config.rules
+        notifier = None
+        if rules.alertmanagers or rules.webhooks:
+            notifier = Notifier(rules, external_url=self.external_url)
+            self.registry.register(NotifierCollector(notifier))
+        state = StateFile(rules.state_file or self.config.data_dir / "rules" / "state.json")
+        self.rules = RulesRunner(
+            engine,
+            notifier,
+            state,
+            interval_s=rules.interval,
+            save_interval_s=rules.state_save_interval,
+            on_transition=self._alert_transition,
+        )
+        await self.rules.start()
+
+    @property
+    def external_url(self) -> str:
+        """Where alerts link to: `rules.external_url`, else the admin listener."""
+        if self.config.rules.external_url:
+            return self.config.rules.external_url.rstrip("/")
+        address = self.admin_address or self.config.admin.listen
+        host = address.host if address.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        return f"http://{'[' + host + ']' if ':' in host else host}:{address.port}"
+
+    def _admin_views(self) -> dict[str, tuple[Callable[[], object], str]]:
+        engine = self.rule_engine
+        if engine is None:
+            return {}
+        return {
+            "/-/alerts": (lambda: alerts_view(engine), "alerts (pending, firing, recently resolved) and every rule's state"),
+            "/-/slo": (lambda: [status.as_dict() for status in engine.slo_status()], "SLOs: error budget, burn rates"),
+        }
+
+    def _alert_transition(self, transition: AlertTransition) -> None:
+        alert = transition.alert
+        level = logging.WARNING if alert.state is AlertState.FIRING else logging.INFO
+        logger.log(
+            level,
+            f"alert {alert.name} {alert.state.value}",
+            extra={"alert": alert.name, "state": alert.state.value, "labels": dict(alert.labels), "value": alert.value},
+        )
+        if self.audit is not None and alert.state in (AlertState.FIRING, AlertState.RESOLVED):
+            self.audit.record(alert_record(alert, transition.at))
+
     def _not_draining(self) -> str | None:
         return "draining for shutdown" if self._proxy is not None and self._proxy.draining else None
 
@@ -340,6 +424,8 @@ class Sidecar:
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy
         await self._start_gpu(instance, proxy)
+        if config.rules.enabled:
+            self._build_rule_engine(instance)
         self.registry.register(
             LiveGauges(
                 active_requests=lambda: proxy.active_requests,
@@ -371,10 +457,12 @@ class Sidecar:
         }
         if self.audit is not None:
             readiness["audit"] = self.audit.not_ready_reason
-        admin_app = create_admin_app(self.registry, readiness)
+        admin_app = create_admin_app(self.registry, readiness, self._admin_views())
         self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._admin_runner.setup()
         self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen")
+        if self.rule_engine is not None:
+            await self._start_rules(self.rule_engine)
         self._prober.start()
         logger.info(
             "sidecar started",
@@ -426,6 +514,9 @@ class Sidecar:
             task.cancel()
         if self._prober is not None:
             await self._prober.stop()
+        if self.rules is not None:
+            # After the drain (its requests count), before audit stops (transitions are recorded).
+            await self.rules.stop()
         await self._stop_gpu()
         if self.audit is not None:
             # After the drain, so every request's record is in before the final checkpoint.
@@ -591,6 +682,55 @@ def _keep_running_values(running: Config, new: Config) -> Config:
             source, target = source[part], target[part]
         target[key] = source[key]
     return Config.model_validate(data)
+
+
+def alerts_view(engine: RuleEngine) -> dict[str, object]:
+    """`/-/alerts`: what Prometheus's /api/v1/alerts and /api/v1/rules would say, in one answer."""
+    return {
+        "alerts": [
+            {
+                "labels": dict(alert.labels),
+                "annotations": dict(alert.annotations),
+                "state": alert.state.value,
+                "value": alert.value,
+                "activeAt": iso_time(alert.active_at),
+                "firedAt": iso_time(alert.fired_at) if alert.fired_at else None,
+                "resolvedAt": iso_time(alert.resolved_at) if alert.resolved_at else None,
+                "fingerprint": alert.fingerprint,
+            }
+            for alert in engine.alerts()
+        ],
+        "rules": [state.as_dict() for state in engine.rule_states()],
+    }
+
+
+def alert_record(alert: Alert, at: float) -> Lifecycle:
+    """An alert's firing or resolution for the audit trail."""
+    firing = alert.state is AlertState.FIRING
+    return Lifecycle(
+        action="alert-firing" if firing else "alert-resolved",
+        category=("host",) if "gpu" in alert.labels else ("web",),
+        types=("start",) if firing else ("end",),
+        message=alert.annotations.get("summary") or f"alert {alert.name} {alert.state.value}",
+        at=at,
+        outcome="success",
+        kind="alert",
+        rule={
+            "name": alert.name,
+            "description": alert.annotations.get("summary"),
+            "ruleset": f"slo:{alert.labels['slo']}" if "slo" in alert.labels else "sidecar",
+        },
+        sidecar={
+            "alert": {
+                "state": alert.state.value,
+                "severity": alert.labels.get("severity"),
+                "fingerprint": alert.fingerprint,
+                "labels": dict(alert.labels),
+                "value": alert.value,
+                "active_at": iso_time(alert.active_at),
+            }
+        },
+    )
 
 
 def _log_gpu_event(event: GpuEvent) -> None:

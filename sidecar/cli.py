@@ -166,6 +166,16 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return EXIT_USAGE
+    if config.rules.enabled:
+        from sidecar.rules.spec import SpecError, effective_rules
+
+        try:
+            ruleset = effective_rules(config.rules)
+        except SpecError as exc:
+            _print_problems([f"{args.file}: {exc}"])
+            return EXIT_USAGE
+        print(f"{args.file}: OK: {config.summary()}, {len(ruleset.rules)} alert rules, {len(ruleset.slos)} SLOs")
+        return EXIT_OK
     print(f"{args.file}: OK: {config.summary()}")
     return EXIT_OK
 

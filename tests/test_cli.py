@@ -52,3 +52,12 @@ def test_run_with_a_bad_config_exits_2_before_binding(tmp_path):
     )
     assert result.returncode == 2
     assert f"{path}:2:11: admin.listen: got 'nowhere'" in result.stderr
+
+
+def test_check_config_reports_a_rule_it_cannot_evaluate(tmp_path, capsys):
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("rules:\n  alerts:\n    - {name: X, signal: error_ratio, threshold: 0.1,"
+                    " annotations: {summary: '{{ $value | humanise }}'}}\n")  # fmt: skip
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "rules.alerts 'X': annotations.summary" in err and "humanise" in err

@@ -216,6 +216,7 @@ def lifecycle_document(
     outcome: str = "success",
     sidecar: dict[str, Any] | None = None,
     kind: str = "event",
+    rule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A document for something other than a request: start, stop, reload, checkpoint, drops."""
     doc = _base(identity, at)
@@ -230,6 +231,8 @@ def lifecycle_document(
         "id": os.urandom(16).hex(),
         "created": iso_time(at),
     }
+    if rule:
+        doc["rule"] = rule
     if sidecar:
         doc["sidecar"].update(sidecar)
     return _prune(doc)

@@ -67,6 +67,10 @@ class Lifecycle:
     reason: str | None = None
     outcome: str = "success"
     sidecar: dict[str, Any] | None = None
+    kind: str = "event"
+    """ECS event.kind: `event`, or `alert` for an alert rule's firing and resolution."""
+    rule: dict[str, Any] | None = None
+    """ECS rule.* (name, description, ruleset) for alerts."""
 
 
 @dataclass
@@ -373,6 +377,8 @@ class AuditPipeline:
                 reason=item.reason,
                 outcome=item.outcome,
                 sidecar=item.sidecar,
+                kind=item.kind,
+                rule=item.rule,
             )
         for name in self._redacted:
             value = get_path(doc, name)

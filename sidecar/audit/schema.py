@@ -41,7 +41,8 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("data_stream.type", "constant_keyword", "Always `logs`."),
     AuditField("data_stream.dataset", "constant_keyword", "`audit.elasticsearch.dataset`, default `sidecar.audit`."),
     AuditField("data_stream.namespace", "constant_keyword", "`audit.elasticsearch.namespace`, default `default`."),
-    AuditField("event.kind", _KEYWORD, "`event` for requests and lifecycle events, `state` for checkpoints."),
+    AuditField("event.kind", _KEYWORD, "`event` for requests and lifecycle events, `state` for checkpoints, "
+               "`alert` for alerts firing and resolving."),
     AuditField("event.category", _KEYWORD, "ECS categories: `web` for requests, `configuration`, `process`."),
     AuditField("event.type", _KEYWORD, "ECS types: `access`, `error`, `denied`, `change`, `start`, `end`, `info`."),
     AuditField(
@@ -49,7 +50,8 @@ FIELDS: tuple[AuditField, ...] = (
         _KEYWORD,
         "`http-request`, `model-call`, `sidecar-start` (with the config's digest), `sidecar-stop`, `config-reload`, "
         "`audit-checkpoint`, `audit-events-dropped`, `audit-spool-recovered`, `gpu-xid`, `gpu-lost`, "
-        "`gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`.",
+        "`gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`, "
+        "`alert-firing`, `alert-resolved`.",
     ),
     AuditField("event.outcome", _KEYWORD, "`success`, `failure` (4xx/5xx, timeouts, upstream errors) or `unknown`."),
     AuditField("event.reason", _KEYWORD, "Why a non-request event happened, e.g. the reload's cause."),
@@ -136,6 +138,15 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.config.changed", _KEYWORD, "Keys a reload changed."),
     AuditField("sidecar.config.restart_required", _KEYWORD, "Changed keys that wait for a restart."),
     AuditField("sidecar.config.sha256", _KEYWORD, "Digest of the effective configuration."),
+    AuditField("rule.name", _KEYWORD, "The alert rule (alertname) of an `alert-firing` or `alert-resolved` event."),
+    AuditField("rule.description", _TEXT, "The alert's summary annotation."),
+    AuditField("rule.ruleset", _KEYWORD, "`sidecar` for configured and default rules, `slo:<name>` for burn-rate alerts."),
+    AuditField("sidecar.alert.state", _KEYWORD, "`firing` or `resolved`."),
+    AuditField("sidecar.alert.severity", _KEYWORD, "The alert's severity label."),
+    AuditField("sidecar.alert.fingerprint", _KEYWORD, "Alertmanager's fingerprint of the alert's labels."),
+    AuditField("sidecar.alert.labels", "flattened", "Every label of the alert."),
+    AuditField("sidecar.alert.value", "double", "The rule's value when the alert last held."),
+    AuditField("sidecar.alert.active_at", "date", "When the condition started to hold."),
     AuditField("sidecar.gpu_event.gpu", _KEYWORD, "GPU index a GPU event concerns."),
     AuditField("sidecar.gpu_event.uuid", _KEYWORD, "GPU UUID a GPU event concerns."),
     AuditField("sidecar.gpu_event.xid", "long", "XID error code."),

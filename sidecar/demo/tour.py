@@ -90,6 +90,8 @@ async def run_demo(
         print(f"sidecar proxy      {proxy_url}")
         print(f"metrics            {admin_url}/metrics")
         print(f"readiness          {admin_url}/-/ready")
+        if sidecar.rule_engine is not None:
+            print(f"alerts, SLOs       {admin_url}/-/alerts  {admin_url}/-/slo")
         if simulate_gpu:
             print("GPU readings       simulated: no NVIDIA driver here (gpu.nvml.simulate)")
         audit = sidecar.config.data_dir / "audit"

@@ -348,10 +348,15 @@ class RuleEngine:
 
     # --- evaluation ----------------------------------------------------------------------------
 
-    def evaluate(self) -> list[AlertTransition]:
-        """One tick at clock(). A rule that fails is logged, counted and left as it was; the others run."""
+    def evaluate(self, at: float | None = None) -> list[AlertTransition]:
+        """One tick at `at` (default: clock()). A rule that fails is logged, counted and left as it was;
+        the others run.
+
+        The runner passes each tick's scheduled time, as Prometheus evaluates a group at its
+        scheduled timestamps: ticks are then exactly one interval apart, and an alert fires at the
+        first tick at or after active_at + for, not one tick later because of scheduling jitter."""
         started = time.perf_counter()
-        now = self._clock()
+        now = self._clock() if at is None else at
         self._windows.advance(now)
         self._sample_sources(now)
         if now - self._last_prune >= _PRUNE_EVERY_S:

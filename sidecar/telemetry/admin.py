@@ -7,7 +7,7 @@ model clients, and it binds to loopback by default.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -18,6 +18,9 @@ from sidecar import __version__
 ReadinessCheck = Callable[[], str | None]
 """Returns None when its part is ready, otherwise the reason it is not."""
 
+StateView = Callable[[], object]
+"""Returns a JSON-able view of a part's state (alerts, SLOs) for an admin endpoint."""
+
 
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(
@@ -26,9 +29,13 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def create_admin_app(
-    registry: CollectorRegistry, readiness: Mapping[str, ReadinessCheck]
+    registry: CollectorRegistry,
+    readiness: Mapping[str, ReadinessCheck],
+    views: Mapping[str, tuple[StateView, str]] | None = None,
 ) -> web.Application:
-    """An aiohttp application serving `/metrics`, `/-/healthy` and `/-/ready`."""
+    """An aiohttp application serving `/metrics`, `/-/healthy`, `/-/ready` and, for each entry of
+    `views` (path -> (view, description)), that view as JSON."""
+    views = dict(views or {})
 
     async def metrics(request: web.Request) -> web.Response:
         # OpenMetrics (which carries exemplars) when the scraper asks for it,
@@ -63,6 +70,7 @@ def create_admin_app(
                     "/metrics": "Prometheus metrics (OpenMetrics when asked for)",
                     "/-/healthy": "liveness: the process is up",
                     "/-/ready": "readiness: upstream healthy and sinks writable",
+                    **{path: description for path, (_, description) in views.items()},
                 },
             }
         )
@@ -72,4 +80,13 @@ def create_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    for path, (view, _) in views.items():
+        app.router.add_get(path, _view_handler(view))
     return app
+
+
+def _view_handler(view: StateView) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return _json(view())
+
+    return handler

@@ -15,14 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from sidecar.config import RulesConfig
 from sidecar.rules.alert import Alert, AlertState
 from sidecar.rules.notify import Notifier
-from tests.support.tools import free_port, require_tool, serve_on_loopback
+from tests.support.alertmanager import alertmanager_route, start_alertmanager, wait_ready
+from tests.support.tools import serve_on_loopback
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -56,51 +56,6 @@ async def hook() -> AsyncIterator[tuple[Hook, int]]:
     runner, port = await serve_on_loopback(app)
     yield collector, port
     await runner.cleanup()
-
-
-async def start_alertmanager(tmp_path: Path, hook_port: int) -> tuple[asyncio.subprocess.Process, str, Path]:
-    binary = require_tool("prometheus-alertmanager")
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        json.dumps(  # YAML is a superset of JSON
-            {
-                "route": {"receiver": RECEIVER, "group_by": GROUP_BY, "group_wait": "0s", "group_interval": "1s",
-                          "repeat_interval": "1h"},  # fmt: skip
-                "receivers": [{"name": RECEIVER, "webhook_configs": [
-                    {"url": f"http://127.0.0.1:{hook_port}/alertmanager", "send_resolved": True}]}],  # fmt: skip
-            }
-        )
-    )
-    log = tmp_path / "alertmanager.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    return process, f"http://127.0.0.1:{port}", log
-
-
-async def wait_ready(process: asyncio.subprocess.Process, url: str, log: Path, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as client:
-        while True:
-            if process.returncode is not None:
-                raise AssertionError(f"alertmanager exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                async with client.get(f"{url}/-/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"alertmanager not ready within {timeout}s:\n{log.read_text()}")
-            await asyncio.sleep(0.1)
 
 
 async def drive_until(
@@ -142,7 +97,8 @@ async def test_alertmanager_forwards_firing_and_resolved_alerts_as_our_webhook_m
     tmp_path: Path, hook: tuple[Hook, int]
 ):
     collector, hook_port = hook
-    process, am_url, log = await start_alertmanager(tmp_path, hook_port)
+    route = alertmanager_route(RECEIVER, f"http://127.0.0.1:{hook_port}/alertmanager", GROUP_BY)
+    process, am_url, log = await start_alertmanager(tmp_path, route)
     notifier: Notifier | None = None
     try:
         async with asyncio.timeout(30):
