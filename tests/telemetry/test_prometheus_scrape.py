@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from sidecar.demo.server import DEFAULT_MODEL_NAME as MODEL
 from tests.conftest import SidecarFactory
 from tests.support.demo import DemoProcess, start_demo
-from tests.support.tools import free_port, require_tool
+from tests.support.prometheus import query, start_prometheus, stop_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -21,29 +19,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def demo() -> Iterator[DemoProcess]:
     yield from start_demo()
-
-
-def start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
-    binary = require_tool("prometheus")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: sidecar\n    static_configs:\n      - targets: ['{target}']\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
-    )  # fmt: skip
-    return process, f"http://127.0.0.1:{port}"
-
-
-async def query(client: aiohttp.ClientSession, prometheus: str, promql: str) -> list[dict]:
-    async with client.get(f"{prometheus}/api/v1/query", params={"query": promql}) as response:
-        body = await response.json()
-    assert body["status"] == "success", body
-    return body["data"]["result"]
 
 
 async def test_prometheus_answers_a_ttft_quantile(demo: DemoProcess, make_sidecar: SidecarFactory, tmp_path):
@@ -74,5 +49,4 @@ async def test_prometheus_answers_a_ttft_quantile(demo: DemoProcess, make_sideca
             models = await query(client, prometheus_url, "sum by (gen_ai_request_model, gen_ai_operation_name) (gen_ai_server_request_duration_seconds_count)")
             assert {(m["metric"]["gen_ai_request_model"], m["metric"]["gen_ai_operation_name"]) for m in models} == {(MODEL, "chat")}
     finally:
-        prometheus.terminate()
-        prometheus.wait(10)
+        stop_prometheus(prometheus)
