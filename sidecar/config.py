@@ -685,6 +685,9 @@ class SloConfig(Section):
 
     @model_validator(mode="after")
     def _latency_needs_threshold(self) -> SloConfig:
+        if round(self.objective / 100.0, 12) >= 1.0:
+            raise ValueError(f"expected an objective below 100 (an error budget above 0) in slo {self.name!r}, "
+                             f"got {self.objective!r}")  # fmt: skip
         if self.period > 90 * 86400:
             raise ValueError(f"expected a period of at most 90d in slo {self.name!r}, got {format_duration(self.period)}")
         if self.sli == "latency" and self.latency_threshold is None:

@@ -72,10 +72,12 @@ class RulesRunner:
         if self._saving is not None:
             with contextlib.suppress(Exception):
                 await self._saving
+        if self._notifier is not None:
+            # First: a notification delivered while it drains must be in the saved log, or a
+            # restart would send it again as new.
+            await self._notifier.stop()
         # The last state, so a restart resumes the windows and the alerts where they were.
         await self._save()
-        if self._notifier is not None:
-            await self._notifier.stop()
 
     def tick(self, at: float | None = None) -> None:
         """One evaluation at `at` (default: now): the engine, the transitions, the notifier."""
@@ -97,8 +99,9 @@ class RulesRunner:
             await asyncio.sleep(interval - (self._clock() % interval))
             now = self._clock()
             at = min(round(now / interval) * interval, now)
-            if at <= previous:
-                continue
+            if at == previous:
+                continue  # woke a hair early, at the boundary already evaluated
+            # A clock stepped backwards (NTP) simply carries on from the new time.
             previous = at
             try:
                 self.tick(at)

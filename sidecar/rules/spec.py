@@ -23,10 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 
 from sidecar.config import AlertRuleConfig, RulesConfig, SloConfig, format_duration
-from sidecar.rules.signals import QUANTILE_SIGNALS, SIGNALS, Shape
+from sidecar.rules.signals import QUANTILE_SIGNALS, SIGNALS, Shape, Source
+from sidecar.rules.windows import TIER_REACH_S, TIER_SLOTS_S
 
 
 class SpecError(ValueError):
@@ -207,6 +209,15 @@ def _rule_from_config(alert: AlertRuleConfig, origin: str) -> RuleSpec:
     if signal.shape is Shape.GAUGE and alert.aggregate != "last" and alert.window > 3600:
         raise SpecError(f"rules.alerts {alert.name!r}: window: gauges are aggregated over at most 1h, "
                         f"got {format_duration(alert.window)}")  # fmt: skip
+    if signal.source is Source.EXCHANGES:
+        # Request windows are built of slots; a window that is not a whole number of the serving
+        # tier's slots would be evaluated over a different span than its exported PromQL twin.
+        tier = next(i for i, reach in enumerate(TIER_REACH_S) if alert.window <= reach)
+        slot = TIER_SLOTS_S[tier]
+        if alert.window < TIER_SLOTS_S[0] or abs(alert.window / slot - round(alert.window / slot)) > 1e-9:
+            raise SpecError(f"rules.alerts {alert.name!r}: window: expected a multiple of {format_duration(slot)} "
+                            f"(windows up to {format_duration(TIER_REACH_S[tier])} are kept in "
+                            f"{format_duration(slot)} slots), got {format_duration(alert.window)}")  # fmt: skip
     for key, text in alert.annotations.items():
         problem = template_problem(text)
         if problem:
@@ -304,15 +315,27 @@ def render_template(text: str, value: float, labels: Mapping[str, str]) -> str:
 
 
 def format_value(value: float) -> str:
-    """As Go's strconv.FormatFloat(v, 'f', -1, 64), which Prometheus uses for {{ $value }}."""
+    """As Go prints a float64 with %v, which Prometheus uses for {{ $value }}: the shortest digits
+    that read back exactly, in exponent form when the exponent is below -4 or at least 6."""
     if value != value:
         return "NaN"
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"
-    text = repr(float(value))
-    if "e" in text or "E" in text:
-        text = f"{value:f}".rstrip("0").rstrip(".")
-    return text[:-2] if text.endswith(".0") else text
+    if value == 0:
+        return "-0" if str(value).startswith("-") else "0"
+    sign, digits, exponent = Decimal(repr(float(value))).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    point = len(digits) + int(exponent)  # digits before the decimal point
+    exp = point - 1
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return f"{minus}{text}{'0' * (point - len(text))}"
+    return f"{minus}{text[:point]}.{text[point:]}"
 
 
 def go_printf(fmt: str, value: float) -> str:
@@ -343,28 +366,36 @@ def humanize_percentage(value: float) -> str:
 
 
 def humanize_duration(seconds: float) -> str:
-    """Prometheus's humanizeDuration: 1d 2h 3m 4s, or 12.3ms below a second."""
+    """Prometheus's humanizeDuration: `1d 2h 3m 4s` (every unit below the largest), `12.34s`, `123.4ms`."""
     if seconds != seconds or abs(seconds) == float("inf"):
-        return format_value(seconds)
-    if seconds == 0:
-        return "0s"
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 1:
-        for scale, unit in ((1e-3, "ms"), (1e-6, "us"), (1e-9, "ns")):
-            if seconds >= scale:
-                return f"{sign}{seconds / scale:.4g}{unit}"
-        return f"{sign}{seconds:.4g}s"
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d"] if days else []
-    if hours:
-        parts.append(f"{hours}h")
-    if minutes:
-        parts.append(f"{minutes}m")
-    parts.append(f"{secs + (seconds - int(seconds)):.4g}s" if not parts else f"{secs}s")
-    return sign + " ".join(parts)
+        return f"{format_value(seconds)}s" if seconds == seconds else format_value(seconds)
+    if abs(seconds) >= 1:
+        sign = "-" if seconds < 0 else ""
+        whole = int(abs(seconds))
+        secs, minutes, hours, days = whole % 60, whole // 60 % 60, whole // 3600 % 24, whole // 86400
+        if days:
+            return f"{sign}{days}d {hours}h {minutes}m {secs}s"
+        if hours:
+            return f"{sign}{hours}h {minutes}m {secs}s"
+        if minutes:
+            return f"{sign}{minutes}m {secs}s"
+        return f"{sign}{_go_g4(abs(seconds))}s"
+    prefix = ""
+    for unit in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(seconds) >= 1:
+            break  # (0 runs through every prefix, to "0ys", as in Prometheus)
+        prefix = unit
+        seconds *= 1000
+    return f"{_go_g4(seconds)}{prefix}s"
+
+
+def _go_g4(value: float) -> str:
+    """Go's %.4g: four significant digits, trailing zeros dropped, exponent from 1e4 on."""
+    text = f"{value:.4g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{mantissa}e{exponent[0]}{int(exponent[1:]):02d}"
+    return text
 
 
 _FORMATTERS: Mapping[str, Callable[[float], str]] = MappingProxyType({
