@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 
 # Debian programs the integration tests start; installed only when missing.
-DEBIAN_PACKAGES=(prometheus prometheus-alertmanager wrk nginx-light docker-compose systemd)
+DEBIAN_PACKAGES=(prometheus prometheus-alertmanager wrk nginx-light docker-compose systemd chromium)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

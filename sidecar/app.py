@@ -62,6 +62,7 @@ from sidecar.proxy.health import HealthProber
 from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
 from sidecar.telemetry.admin import create_admin_app
+from sidecar.telemetry.status import AuditReading, CostSource, StatusPage, StatusSources
 from sidecar.telemetry.tracing import Tracing
 from sidecar.telemetry.metrics import (
     BoundedLabel,
@@ -150,6 +151,8 @@ class Sidecar:
         self.dcgm: DcgmExporterScraper | None = None
         self.attribution: Attribution | None = None
         self._cost: CostModel | None = None
+        self._payback: Payback | None = None
+        self.status_page: StatusPage | None = None
         self._access_log = AccessLog(config.log.access_log)
         self.audit: AuditPipeline | None = None
         self.rule_engine: RuleEngine | None = None
@@ -248,6 +251,7 @@ class Sidecar:
                 request_seconds=proxy.request_seconds, subtract_idle_power=gpu.subtract_idle_power
             )
             self._cost = CostModel(gpu.cost, gpus=gpu.cost.gpus)
+            self._payback = Payback(gpu.cost)
             self.gpu_samples.subscribe("attribution", self.attribution.observe)
             self.exchanges.subscribe(
                 "gpu_usage_metrics",
@@ -255,7 +259,7 @@ class Sidecar:
                     self.registry,
                     label_model=BoundedLabel(self.config.metrics.max_models),
                     label_tenant=BoundedLabel(self.config.metrics.max_tenants),
-                    payback=Payback(gpu.cost),
+                    payback=self._payback,
                     currency=gpu.cost.currency,
                 ),
             )
@@ -384,6 +388,54 @@ class Sidecar:
         if self.audit is not None and alert.state in (AlertState.FIRING, AlertState.RESOLVED):
             self.audit.record(alert_record(alert, transition.at))
 
+    def _build_status_page(self, instance: str, readiness: Mapping[str, Callable[[], str | None]]) -> StatusPage:
+        """The status page's sources: each part that is on, and why the others are off."""
+        config = self.config
+        engine, audit, payback = self.rule_engine, self.audit, self._payback
+        gpu_on = config.gpu.nvml.enabled or config.gpu.dcgm_exporter.enabled
+        off: dict[str, str] = {}
+        if engine is None:
+            for section in ("requests", "slo", "alerts"):
+                off[section] = "rules are off (rules.enabled: false): request history, SLOs and alerts come from " \
+                               "the rules engine"  # fmt: skip
+        if not gpu_on:
+            off["gpu"] = "GPU readings are off (gpu.nvml.enabled and gpu.dcgm_exporter.enabled are false)"
+        if audit is None:
+            off["audit"] = "the audit trail is off (audit.enabled: false)"
+        if payback is None:
+            off["cost"] = ("GPU attribution is off (gpu.attribution: false): requests are not priced" if gpu_on
+                           else "cost is priced from GPU readings, which are off")  # fmt: skip
+        sources = StatusSources(
+            instance=instance,
+            version=__version__,
+            upstream=str(config.upstream.url),
+            readiness=lambda: {name: check() for name, check in readiness.items()},
+            request_slots=engine.recent_slots if engine is not None else None,
+            slos=engine.slo_status if engine is not None else None,
+            alerts=engine.alerts if engine is not None else None,
+            rules=engine.rule_states if engine is not None else None,
+            gpu_problem=self._gpu_problem if gpu_on else None,
+            audit=functools.partial(_audit_reading, audit) if audit is not None else None,
+            cost=CostSource(
+                currency=config.gpu.cost.currency,
+                hardware_price=config.gpu.cost.hardware_price,
+                cloud_priced=bool(config.gpu.cost.cloud_prices),
+                savings=payback.savings,
+                payback_months=payback.months,
+            ) if payback is not None else None,
+            off=off,
+        )  # fmt: skip
+        page = StatusPage(sources)
+        self.gpu_samples.subscribe("status_page", page.observe_gpu_sample)
+        if payback is not None:
+            self.exchanges.subscribe("status_page", page.observe_exchange)
+        return page
+
+    def _gpu_problem(self) -> str | None:
+        if self.nvml is not None and not self.nvml.nvml_available and self.dcgm is None:
+            return "NVML is not available: no NVIDIA driver or GPU on this host"
+        return None
+
     def _not_draining(self) -> str | None:
         return "draining for shutdown" if self._proxy is not None and self._proxy.draining else None
 
@@ -426,6 +478,15 @@ class Sidecar:
         await self._start_gpu(instance, proxy)
         if config.rules.enabled:
             self._build_rule_engine(instance)
+        readiness = {
+            "upstream": self._prober.not_ready_reason,
+            "data_dir": self._data_dir_not_ready,
+            "shutdown": self._not_draining,
+        }
+        if self.audit is not None:
+            readiness["audit"] = self.audit.not_ready_reason
+        # Before traffic starts, so the page prices every request.
+        status_page = self.status_page = self._build_status_page(instance, readiness)
         self.registry.register(
             LiveGauges(
                 active_requests=lambda: proxy.active_requests,
@@ -450,19 +511,13 @@ class Sidecar:
         await self._proxy_runner.setup()
         self.proxy_address = await _listen(self._proxy_runner, config.proxy.listen, "proxy.listen")
 
-        readiness = {
-            "upstream": self._prober.not_ready_reason,
-            "data_dir": self._data_dir_not_ready,
-            "shutdown": self._not_draining,
-        }
-        if self.audit is not None:
-            readiness["audit"] = self.audit.not_ready_reason
-        admin_app = create_admin_app(self.registry, readiness, self._admin_views())
+        admin_app = create_admin_app(self.registry, readiness, self._admin_views(), status_page)
         self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._admin_runner.setup()
         self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen")
         if self.rule_engine is not None:
             await self._start_rules(self.rule_engine)
+        await status_page.start()
         self._prober.start()
         logger.info(
             "sidecar started",
@@ -517,6 +572,8 @@ class Sidecar:
         if self.rules is not None:
             # After the drain (its requests count), before audit stops (transitions are recorded).
             await self.rules.stop()
+        if self.status_page is not None:
+            await self.status_page.stop()
         await self._stop_gpu()
         if self.audit is not None:
             # After the drain, so every request's record is in before the final checkpoint.
@@ -730,6 +787,21 @@ def alert_record(alert: Alert, at: float) -> Lifecycle:
                 "active_at": iso_time(alert.active_at),
             }
         },
+    )
+
+
+def _audit_reading(audit: AuditPipeline) -> AuditReading:
+    """The audit pipeline's counters for the status page (the same ones `/metrics` exposes)."""
+    stats, spool, sink = audit.stats, audit.spool, audit.sink
+    return AuditReading(
+        sink=sink.name,
+        sink_up=sink.up,
+        accepted=float(stats.accepted),
+        dropped=float(sum(stats.dropped.values())),
+        dead_letters=float(sink.dead_lettered),
+        spool_used_bytes=float(spool.used_bytes),
+        spool_max_bytes=float(spool.max_bytes),
+        lag_events=float(max(0, spool.next_offset - spool.committed_offset)),
     )
 
 

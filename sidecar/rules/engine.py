@@ -62,6 +62,10 @@ _OPS: Mapping[str, Callable[[float, float], bool]] = MappingProxyType({
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
 })  # fmt: skip
 _PRUNE_EVERY_S = 10.0
+HISTORY_SLOTS = 90
+"""Closed 10-second slots kept for `recent_slots` whatever the rule set: the status page's 15 minutes."""
+HISTORY_QUANTILES = (0.5, 0.95, 0.99)
+"""The latency quantiles `recent_slots` gives per slot."""
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 LabelKey = tuple[tuple[str, str], ...]
@@ -108,6 +112,38 @@ class SloStatus:
             "error_ratios": {_window_key(w): ratio for w, ratio in self.error_ratios.items()},
             "allowed_downtime_s": self.allowed_downtime_s, "used_downtime_s": self.used_downtime_s,
         }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSummary:
+    """One closed slot of the finest window tier (10 s), for the status page's charts."""
+
+    start: float
+    """Unix time the slot began, or counting began if later; the slot covers [start, start + duration_s)."""
+    duration_s: float
+    """The slot's length (10 s), less what passed before counting began: rates divide by it."""
+    requests: float
+    errors: float
+    """Server-side failures (`error_class` any: 5xx answers and upstream failures)."""
+    rate_limited: float
+    input_tokens: float
+    output_tokens: float
+    request_duration_s: Mapping[float, float | None]
+    """Quantile (HISTORY_QUANTILES) -> request duration, from the slot's histogram; None: no requests."""
+    ttft_s: Mapping[float, float | None]
+    """Quantile -> time to first token; None: no streamed model call succeeded in the slot."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start, "duration_s": self.duration_s, "requests": self.requests, "errors": self.errors,
+            "rate_limited": self.rate_limited, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "request_duration_s": {f"{q:g}": v for q, v in self.request_duration_s.items()},
+            "ttft_s": {f"{q:g}": v for q, v in self.ttft_s.items()},
+        }  # fmt: skip
+
+
+_NO_QUANTILES: Mapping[float, float | None] = MappingProxyType({q: None for q in HISTORY_QUANTILES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +254,7 @@ class RuleEngine:
         self._windows_s = self._exchange_windows(ruleset)
         self._horizons = self._series_horizons(ruleset)
         now = clock()
-        self._windows = ExchangeWindows(self._windows_s, now)
+        self._windows = ExchangeWindows(self._windows_s, now, history_slots=HISTORY_SLOTS)
         self._series = SeriesStore(self._horizons)
         self._readings: dict[str, Callable[[], float | None]] = {}
         self._counters: dict[str, _Counter] = {}
@@ -555,6 +591,31 @@ class RuleEngine:
             ))  # fmt: skip
         return statuses
 
+    def recent_slots(self, count: int = HISTORY_SLOTS) -> list[SlotSummary]:
+        """The last `count` closed 10-second slots (at most HISTORY_SLOTS), oldest first, leaving out
+        those that ended before counting began. Read-only: O(count x row width), on demand."""
+        windows = self._windows
+        layout = windows.layout
+        slot_s = float(windows.slot_s)
+        started_at = windows.started_at
+        summaries = []
+        for slot_start, row in windows.recent_slots(min(count, HISTORY_SLOTS), self._clock()):
+            end = slot_start + slot_s
+            if end <= started_at:
+                continue
+            start = max(slot_start, started_at)
+            if row is None:
+                summaries.append(SlotSummary(start, end - start, 0.0, 0.0, 0.0, 0.0, 0.0, _NO_QUANTILES, _NO_QUANTILES))
+                continue
+            summaries.append(SlotSummary(
+                start=start, duration_s=end - start, requests=row[layout.requests], errors=row[layout.errors["any"]],
+                rate_limited=row[layout.rate_limited], input_tokens=row[layout.input_tokens],
+                output_tokens=row[layout.output_tokens],
+                request_duration_s=_slot_quantiles(layout.cumulative(row, "request_duration")),
+                ttft_s=_slot_quantiles(layout.cumulative(row, "ttft")),
+            ))  # fmt: skip
+        return summaries
+
     @property
     def last_evaluation_duration_s(self) -> float:
         return self._last_duration
@@ -605,7 +666,9 @@ class RuleEngine:
         notes: list[str] = []
         windows = self._windows
         if data.get("windows") is not None:
-            windows, window_notes = ExchangeWindows.restored(self._windows_s, data["windows"], now)
+            windows, window_notes = ExchangeWindows.restored(
+                self._windows_s, data["windows"], now, history_slots=HISTORY_SLOTS
+            )
             notes.extend(window_notes)
         series = SeriesStore(self._horizons)
         notes.extend(series.restore(data.get("series") or []))
@@ -637,6 +700,14 @@ def _gpu_identity(gpu: str, uuid: str, instance: str | None) -> tuple[SeriesKey,
     if instance is None:
         return (gpu, uuid), {"gpu": gpu, "UUID": uuid}
     return (gpu, uuid, instance), {"gpu": gpu, "UUID": uuid, "GPU_I_ID": instance}
+
+
+def _slot_quantiles(histogram: tuple[tuple[float, ...], list[float]]) -> Mapping[float, float | None]:
+    bounds, cumulative = histogram
+    if not cumulative[-1]:
+        return _NO_QUANTILES
+    counts = prepared_counts(cumulative)
+    return {q: _finite(quantile_of_prepared(q, bounds, counts)) for q in HISTORY_QUANTILES}
 
 
 def _finite(value: float | None) -> float | None:

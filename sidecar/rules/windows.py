@@ -4,8 +4,8 @@ gauges and event counts.
 Exchanges. Each finished request adds to the open slot of the finest tier: one request, its
 server-error classes (`signals.error_classes`), whether the rate limits refused it, and one
 observation per latency histogram it feeds (`signals.latency_observations`, bucketed on
-`signals.LATENCY_BUCKETS` plus +Inf). A slot is one row of doubles in a ring (`array('d')`), so
-memory is fixed by the tiers, not by traffic:
+`signals.LATENCY_BUCKETS` plus +Inf), and the model call's input and output tokens where known. A
+slot is one row of doubles in a ring (`array('d')`), so memory is fixed by the tiers, not by traffic:
 
 | tier | slot | serves windows up to |
 |---|---|---|
@@ -25,6 +25,10 @@ SLO counts are not stored twice: an availability SLO's bad requests are the `err
 and its total the request count; a latency SLO's total is its histogram's observation count and
 its bad ones those above the threshold's `le` bucket (the threshold is always a bucket bound),
 which is exactly what the exported PromQL counts.
+
+The finest tier also serves the status page's recent history (`recent_slots`): its closed slots, one
+row each, as they were counted. The owner may ask for more of them to be kept than any window needs
+(`history_slots`).
 
 Edge error. A window of length W served by a tier with slots of s seconds covers that tier's last
 k = floor(W / s) closed slots and its open slot, so it starts at a slot boundary k x s to (k + 1) x s
@@ -95,6 +99,9 @@ class Layout:
     rate_limited: int
     histograms: Mapping[str, tuple[int, tuple[float, ...]]]
     """histogram -> (first column, bucket bounds without +Inf); len(bounds) + 1 columns, +Inf last."""
+    input_tokens: int
+    output_tokens: int
+    """Tokens of model calls that reported or counted them (the status page's tokens/s)."""
 
     @property
     def width(self) -> int:
@@ -114,7 +121,13 @@ class Layout:
             histograms[name] = (len(columns), tuple(bounds))
             columns.extend(f"{name}:le={bound!r}" for bound in bounds)
             columns.append(f"{name}:le=+Inf")
-        return cls(tuple(columns), 0, MappingProxyType(errors), rate_limited, MappingProxyType(histograms))
+        # Last, so a state file written before they existed maps every earlier column unchanged.
+        input_tokens = len(columns)
+        columns.append("tokens:input")
+        output_tokens = len(columns)  # input_tokens + 1: `observe` relies on it
+        columns.append("tokens:output")
+        return cls(tuple(columns), 0, MappingProxyType(errors), rate_limited, MappingProxyType(histograms),
+                   input_tokens, output_tokens)  # fmt: skip
 
     def cumulative(self, row: Sequence[float], histogram: str) -> tuple[tuple[float, ...], list[float]]:
         """(bounds, cumulative counts with +Inf last) of one histogram in a totals row."""
@@ -296,9 +309,12 @@ class ExchangeWindows:
 
     `windows_s` are every window length that will be queried (`RuleSet.windows_s`); a window not
     declared here cannot be queried, because only declared windows have running sums.
+    `history_slots`: closed finest-tier slots to keep for `recent_slots` even when no window needs
+    that many (the tier keeps the larger of the two).
     """
 
-    def __init__(self, windows_s: Iterable[float], now: float, layout: Layout = LAYOUT) -> None:
+    def __init__(self, windows_s: Iterable[float], now: float, layout: Layout = LAYOUT, *,
+                 history_slots: int = 0) -> None:  # fmt: skip
         self.layout = layout
         self.started_at = now
         """When counting began (kept across restarts): how much of a long window holds data."""
@@ -308,7 +324,8 @@ class ExchangeWindows:
         placement: dict[float, tuple[int, int]] = {}
         # A coarser tier keeps at least the span its finer neighbour serves, so a window added to the
         # rule set later finds as much history in it as the finer tier had.
-        lengths = [1] + [int(reach // slot) + 1 for reach, slot in zip(TIER_REACH_S, TIER_SLOTS_S[1:], strict=False)]
+        lengths = [max(1, history_slots + 1)]
+        lengths += [int(reach // slot) + 1 for reach, slot in zip(TIER_REACH_S, TIER_SLOTS_S[1:], strict=False)]
         for window in windows:
             if not window > 0:
                 raise ValueError(f"expected window lengths > 0, got {window!r}")
@@ -340,6 +357,7 @@ class ExchangeWindows:
         self._open_position = finest.open_index % finest.length
         self._open_row = self._open_position * finest.width
         self._open_end = float((finest.open_index + 1) * finest.slot_s)
+        self._tokens_at = self._open_row + self.layout.input_tokens
 
     # The hot path: once per finished request, on the event loop.
     def observe(self, exchange: Exchange, now: float) -> None:
@@ -360,6 +378,16 @@ class ExchangeWindows:
             if seconds == seconds:  # NaN is no observation
                 start, bounds = histograms[histogram]
                 ring[row + start + bisect_left(bounds, seconds)] += 1.0  # `le` buckets: v <= bound
+        call = exchange.gen_ai
+        if call is not None:
+            # Two cells at most (output follows input in the row), at an offset computed per slot.
+            at = self._tokens_at
+            tokens = call.input_tokens
+            if tokens:
+                ring[at] += tokens
+            tokens = call.output_tokens
+            if tokens:
+                ring[at + 1] += tokens
         self._dirty0[self._open_position] = 1
 
     def advance(self, now: float) -> None:
@@ -443,6 +471,26 @@ class ExchangeWindows:
                 _add_row(result, 0, tier.ring, position * width, width)
         return result
 
+    @property
+    def slot_s(self) -> int:
+        """Length of a finest-tier slot (the resolution of `recent_slots`)."""
+        return self._tiers[0].slot_s
+
+    def recent_slots(self, count: int, now: float) -> list[tuple[float, array | None]]:
+        """The last `count` closed finest-tier slots (at most as many as the tier keeps), oldest first:
+        (slot start, a copy of its row, or None for a slot that counted nothing). Like every query it
+        first closes the slots that ended before `now`; it changes no count."""
+        self.advance(now)
+        tier = self._tiers[0]
+        count = max(0, min(int(count), tier.length - 1))
+        width, length, ring, dirty = tier.width, tier.length, tier.ring, tier.dirty
+        slots: list[tuple[float, array | None]] = []
+        for index in range(tier.open_index - count, tier.open_index):
+            position = index % length
+            row = ring[position * width : (position + 1) * width] if dirty[position] else None
+            slots.append((float(index * tier.slot_s), row))
+        return slots
+
     def window_start(self, window_s: float, now: float) -> float:
         """Where the window ending at `now` actually starts (a slot boundary W to W + slot ago)."""
         self.advance(now)
@@ -485,7 +533,7 @@ class ExchangeWindows:
 
     @classmethod
     def restored(cls, windows_s: Iterable[float], data: Mapping[str, Any], now: float,
-                 layout: Layout = LAYOUT) -> tuple[ExchangeWindows, list[str]]:  # fmt: skip
+                 layout: Layout = LAYOUT, *, history_slots: int = 0) -> tuple[ExchangeWindows, list[str]]:  # fmt: skip
         """Windows for `windows_s` filled from `dump()` output, and notes on what could not be kept.
 
         Slots stay where they were in time; the first `advance` after this ages them by the time
@@ -499,7 +547,7 @@ class ExchangeWindows:
             stored_tiers = list(data["tiers"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"rules state: windows: expected columns, started_at and tiers ({exc})") from None
-        windows = cls(windows_s, now, layout)
+        windows = cls(windows_s, now, layout, history_slots=history_slots)
         windows.started_at = min(started_at, now)
         index_of = {name: i for i, name in enumerate(layout.columns)}
         mapping = [index_of.get(name) for name in stored_columns]
