@@ -465,22 +465,34 @@ class AuditPipeline:
         # writer signals a full batch, so a quiet pipeline wakes the loop once per
         # batch_age and a busy one once per batch.
         spool, settings = self.spool, self.settings
+        read_failure: str | None = None
         while not self._stop_delivery:
-            records = await asyncio.to_thread(
-                spool.read, spool.committed_offset, settings.batch_size, settings.batch_bytes
-            )
-            if not records or (len(records) < settings.batch_size and not self._stopping):
-                self._appended.clear()
-                self._delivery_waiting = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.batch_age):
-                        await self._appended.wait()
-                self._delivery_waiting = False
-                if not records:
-                    continue
+            try:
                 records = await asyncio.to_thread(
                     spool.read, spool.committed_offset, settings.batch_size, settings.batch_bytes
                 )
+                if not records or (len(records) < settings.batch_size and not self._stopping):
+                    self._appended.clear()
+                    self._delivery_waiting = True
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(settings.batch_age):
+                            await self._appended.wait()
+                    self._delivery_waiting = False
+                    if not records:
+                        continue
+                    records = await asyncio.to_thread(
+                        spool.read, spool.committed_offset, settings.batch_size, settings.batch_bytes
+                    )
+            except OSError as exc:
+                # A spool file gone or unreadable under us (disk failure, someone deleting the data
+                # dir): keep trying, say it once, and let readiness report the data dir.
+                problem = f"{exc.__class__.__name__}: {exc}"
+                if problem != read_failure:
+                    logger.error("reading the audit spool failed", extra={"error": problem})
+                    read_failure = problem
+                await asyncio.sleep(1.0)
+                continue
+            read_failure = None
             try:
                 await self.sink.deliver(records)
                 await asyncio.to_thread(spool.commit, records[-1][0])
