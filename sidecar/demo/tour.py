@@ -88,6 +88,7 @@ async def run_demo(
         admin_url = f"http://{sidecar.admin_address}"
         print(f"\ndemo model server  http://127.0.0.1:{model_port}  (model {DEFAULT_MODEL_NAME!r})")
         print(f"sidecar proxy      {proxy_url}")
+        print(f"status page        {admin_url}/  (open in a browser)")
         print(f"metrics            {admin_url}/metrics")
         print(f"readiness          {admin_url}/-/ready")
         if sidecar.rule_engine is not None:
