@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -53,7 +54,7 @@ from sidecar.rules.engine import RuleEngine
 from sidecar.rules.metrics import RulesCollector
 from sidecar.rules.notify import Notifier
 from sidecar.rules.notify_metrics import NotifierCollector
-from sidecar.rules.runner import RulesRunner
+from sidecar.rules.runner import RulesRunner, restore_engine, restore_notifier
 from sidecar.rules.spec import SpecError, effective_rules
 from sidecar.rules.state import StateFile
 from sidecar.observe import Broadcast
@@ -157,6 +158,9 @@ class Sidecar:
         self.audit: AuditPipeline | None = None
         self.rule_engine: RuleEngine | None = None
         self.rules: RulesRunner | None = None
+        self._rules_state: StateFile | None = None
+        self._notify_state: Any = None
+        """The notifier's part of the rules state file, read with the engine's, until the notifier exists."""
         self._session: aiohttp.ClientSession | None = None
         self._proxy: ProxyHandler | None = None
         self._proxy_server: ProxyServer | None = None
@@ -316,8 +320,9 @@ class Sidecar:
         if self.dcgm is not None:
             await self.dcgm.stop()
 
-    def _build_rule_engine(self, instance: str) -> None:
-        """The engine, subscribed to every record before traffic starts, so no request goes uncounted."""
+    async def _build_rule_engine(self, instance: str) -> None:
+        """The engine, resumed from the state file and then subscribed to every record before traffic
+        starts: no request goes uncounted, and none is replaced by the saved windows."""
         try:
             ruleset = effective_rules(self.config.rules)
         except SpecError as exc:
@@ -328,6 +333,10 @@ class Sidecar:
             external_labels=self.config.rules.external_labels,
             resolved_retention_s=self.config.rules.resolved_retention,
         )
+        state = StateFile(self.config.rules.state_file or self.config.data_dir / "rules" / "state.json")
+        self._rules_state = state
+        # The notifier's part waits for the notifier (`_start_rules`).
+        self._notify_state = await restore_engine(engine, state)
         self.exchanges.subscribe("rules", engine.observe_exchange)
         self.health_results.subscribe("rules", engine.observe_health)
         self.gpu_samples.subscribe("rules", engine.observe_gpu_sample)
@@ -344,11 +353,14 @@ class Sidecar:
 
     async def _start_rules(self, engine: RuleEngine) -> None:
         rules = self.config.rules
+        state = self._rules_state
         notifier = None
         if rules.alertmanagers or rules.webhooks:
             notifier = Notifier(rules, external_url=self.external_url)
             self.registry.register(NotifierCollector(notifier))
-        state = StateFile(rules.state_file or self.config.data_dir / "rules" / "state.json")
+            if state is not None:
+                restore_notifier(notifier, self._notify_state, state.path)
+        self._notify_state = None
         self.rules = RulesRunner(
             engine,
             notifier,
@@ -383,7 +395,8 @@ class Sidecar:
         logger.log(
             level,
             f"alert {alert.name} {alert.state.value}",
-            extra={"alert": alert.name, "state": alert.state.value, "labels": dict(alert.labels), "value": alert.value},
+            extra={"alert": alert.name, "state": alert.state.value, "labels": dict(alert.labels),
+                   "value": _finite(alert.value)},
         )
         if self.audit is not None and alert.state in (AlertState.FIRING, AlertState.RESOLVED):
             self.audit.record(alert_record(alert, transition.at))
@@ -477,7 +490,7 @@ class Sidecar:
         proxy = self._proxy
         await self._start_gpu(instance, proxy)
         if config.rules.enabled:
-            self._build_rule_engine(instance)
+            await self._build_rule_engine(instance)
         readiness = {
             "upstream": self._prober.not_ready_reason,
             "data_dir": self._data_dir_not_ready,
@@ -749,7 +762,7 @@ def alerts_view(engine: RuleEngine) -> dict[str, object]:
                 "labels": dict(alert.labels),
                 "annotations": dict(alert.annotations),
                 "state": alert.state.value,
-                "value": alert.value,
+                "value": _finite(alert.value),
                 "activeAt": iso_time(alert.active_at),
                 "firedAt": iso_time(alert.fired_at) if alert.fired_at else None,
                 "resolvedAt": iso_time(alert.resolved_at) if alert.resolved_at else None,
@@ -783,11 +796,16 @@ def alert_record(alert: Alert, at: float) -> Lifecycle:
                 "severity": alert.labels.get("severity"),
                 "fingerprint": alert.fingerprint,
                 "labels": dict(alert.labels),
-                "value": alert.value,
+                "value": _finite(alert.value),
                 "active_at": iso_time(alert.active_at),
             }
         },
     )
+
+
+def _finite(value: float) -> float | None:
+    """An alert's value as JSON can carry it: NaN and infinities (no number, or none JSON has) as None."""
+    return value if math.isfinite(value) else None
 
 
 def _audit_reading(audit: AuditPipeline) -> AuditReading:

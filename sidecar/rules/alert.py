@@ -21,9 +21,13 @@ _SEPARATOR = 0xFF
 
 def fingerprint(labels: Mapping[str, str]) -> str:
     """Alertmanager's fingerprint of a label set (prometheus/common `LabelSet.Fingerprint`):
-    FNV-1a 64 over the sorted names and values, each followed by byte 0xff; 16 hex digits."""
+    FNV-1a 64 over the sorted names and values, each followed by byte 0xff; 16 hex digits.
+    Labels with an empty value are left out, as Alertmanager removes them from every alert it
+    receives (removeEmptyLabels) before fingerprinting it."""
     digest = _FNV_OFFSET
     for name in sorted(labels):
+        if not labels[name]:
+            continue
         for part in (name, labels[name]):
             for byte in part.encode():
                 digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
@@ -53,7 +57,11 @@ class Alert:
     fired_at: float | None = None
     resolved_at: float | None = None
     last_held_at: float = 0.0
-    """The last evaluation at which the condition held (for keep_firing_for)."""
+    """The last evaluation at which the condition held."""
+    keep_firing_since: float | None = None
+    """The first evaluation at which a firing alert's condition no longer held (Prometheus's
+    KeepFiringSince): it keeps firing while now - keep_firing_since < keep_firing_for. None while
+    the condition holds."""
 
     @property
     def fingerprint(self) -> str:

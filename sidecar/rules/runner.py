@@ -1,9 +1,15 @@
 """The rules' clock: evaluate every interval, hand the alerts to the notifier, announce changes, save.
 
 Evaluation runs on the event loop (it reads in-memory windows and takes well under a millisecond
-for dozens of rules); the state file is encoded and written on a worker thread, never on the loop.
+for dozens of rules). Saving copies the engine's arrays on the loop (`RuleEngine.snapshot_state`,
+memory copies only) and compresses, encodes and writes them on a worker thread, never on the loop.
 A tick that overruns the interval is not repeated to catch up: the next one starts on the next
 interval boundary, as Prometheus's rule groups do.
+
+Restoring is the owner's job, in two steps, because the two parts are built at different times:
+`restore_engine` before the engine is subscribed to any record (so nothing observed is replaced by
+the saved windows), `restore_notifier` once the notifier exists. Each part is applied, and reported,
+on its own: a notification log that cannot be read does not cost the engine its alerts.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.rules.alert import Alert, AlertTransition
-from sidecar.rules.engine import RuleEngine
+from sidecar.rules.engine import RuleEngine, encode_state
 from sidecar.rules.state import StateFile
 
 logger = logging.getLogger(__name__)
@@ -58,7 +65,7 @@ class RulesRunner:
         self._last_save = 0.0
 
     async def start(self) -> None:
-        await self._restore()
+        """Starts the notifier and the ticks; the state was restored before (`restore_engine`)."""
         if self._notifier is not None:
             await self._notifier.start()
         self._task = asyncio.create_task(self._run(), name="rules")
@@ -112,10 +119,16 @@ class RulesRunner:
                     self._saving = asyncio.create_task(self._save(), name="rules-state-save")
 
     def _snapshot(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"engine": self.engine.dump_state()}
+        """On the loop: copies of the engine's arrays and the notifier's log, nothing encoded."""
+        data: dict[str, Any] = {"engine": self.engine.snapshot_state()}
         if self._notifier is not None:
             data["notify"] = self._notifier.dump_state()
         return data
+
+    @staticmethod
+    def _write(state: StateFile, snapshot: dict[str, Any]) -> None:
+        """On a worker thread: compress and encode the snapshot, then write it."""
+        state.save({**snapshot, "engine": encode_state(snapshot["engine"])})
 
     async def _save(self) -> None:
         if self._state is None:
@@ -123,32 +136,46 @@ class RulesRunner:
         self._last_save = self._clock()
         snapshot = self._snapshot()
         try:
-            await asyncio.to_thread(self._state.save, snapshot)
+            await asyncio.to_thread(self._write, self._state, snapshot)
         except Exception as exc:
             # The alerts keep running; only a restart's memory of them is at stake.
             logger.error("could not save the rules state", extra={"path": str(self._state.path), "error": str(exc)})
 
-    async def _restore(self) -> None:
-        if self._state is None:
-            return
-        try:
-            data = await asyncio.to_thread(self._state.load)
-        except Exception as exc:
-            logger.error(
-                "rules state unreadable; starting with empty windows and no active alerts",
-                extra={"path": str(self._state.path), "error": str(exc)},
-            )
-            return
-        if not data:
-            return
-        try:
-            self.engine.load_state(data.get("engine") or {})
-            if self._notifier is not None and data.get("notify") is not None:
-                self._notifier.load_state(data["notify"])
-        except Exception as exc:
-            logger.error(
-                "rules state could not be applied; starting with empty windows and no active alerts",
-                extra={"path": str(self._state.path), "error": f"{exc.__class__.__name__}: {exc}"},
-            )
-            return
-        logger.info("rules state restored", extra={"path": str(self._state.path), "alerts": len(self.engine.alerts())})
+
+async def restore_engine(engine: RuleEngine, state: StateFile) -> Any | None:
+    """Read the state file on a worker thread and resume `engine` from it; call it before the engine
+    observes anything. Returns the notifier's part of the file (for `restore_notifier`), or None.
+    Every failure is logged, saying what the sidecar starts without; none is raised."""
+    path = str(state.path)
+    try:
+        data = await asyncio.to_thread(state.load)
+    except Exception as exc:
+        logger.error("rules state unreadable; starting with empty windows, no active alerts and no notification log",
+                     extra={"path": path, "error": str(exc)})  # fmt: skip
+        return None
+    if not data:
+        return None
+    if not data.get("engine"):
+        return data.get("notify")
+    try:
+        engine.load_state(data["engine"])
+    except Exception as exc:
+        logger.error("rules engine state not restored; starting with empty windows and no active alerts",
+                     extra={"path": path, "error": f"{exc.__class__.__name__}: {exc}"})  # fmt: skip
+    else:
+        logger.info("rules state restored", extra={"path": path, "alerts": len(engine.alerts())})
+    return data.get("notify")
+
+
+def restore_notifier(notifier: AlertNotifier, data: Any | None, path: Path | str) -> bool:
+    """Resume the notifier's log from `restore_engine`'s return value; whether it was restored."""
+    if data is None:
+        return False
+    try:
+        notifier.load_state(data)
+    except Exception as exc:
+        logger.error("webhook notification log not restored: alerts already notified may be notified again",
+                     extra={"path": str(path), "error": f"{exc.__class__.__name__}: {exc}"})  # fmt: skip
+        return False
+    logger.info("notification log restored", extra={"path": str(path)})
+    return True

@@ -43,6 +43,25 @@ are few: each series keeps a bounded deque of (time, value) points over the long
 reads from it (at most 1 h for gauge aggregates), and a series that has not been refreshed for
 `STALE_AFTER_S` produces no value, as Prometheus treats a series gone for 5 minutes as stale.
 
+A wall clock stepped backwards (NTP, or a state file written while the clock was ahead). Up to one
+finest slot (10 s) back, Exchanges keep counting into the open slot. Further back, the windows are
+re-anchored at the new time as after a gap: in every tier, the slot holding `now` and the later
+ones hold counts stamped in what is now the future, and are discarded; each coarser tier's open
+slot is then rebuilt from the finer tier's closed slots that fall in it, so every count left is in
+every tier once. Discarded, not folded into the present slot, because folding would squeeze up to
+the whole step's traffic into one slot: rates and counts over short windows would jump (a 1 h step:
+13 x the request rate over 5 m) and fire alerts on nothing. The cost: the requests of the step's
+length go uncounted (0.14 % of a 30-day SLO period per hour of step), with those of the slot that
+holds `now` (up to 10 s before it); what the run ahead aged out of a tier (its oldest slots, as a
+gap of that length would) does not come back; and a coarser tier loses what of its open slot the
+finer tier no longer held (only after a step longer than the finer tier's span: a day for the
+hourly tier).
+
+Gauge and count points stamped in the future are instead moved to the new present
+(`Series.rewind`): they are few, each is a real reading or event (the latest reading is the GPU's
+state now; an XID error must not vanish), and staleness then runs from the present, so a reading is
+neither fresh until the clock catches up nor dropped from its windows.
+
 Nothing here is thread-safe: the owner (the rule engine) calls it from the event loop.
 """
 
@@ -83,6 +102,9 @@ _MAX_POINTS_PER_S = 4.0
 """Points kept per second of horizon: bounds a series' memory whatever the sampling rate."""
 _COUNT_COALESCE_S = 0.25
 """Count events closer than this share a point, so bursts cannot evict older events."""
+CLOCK_STEP_TOLERANCE_S = float(TIER_SLOTS_S[0])
+"""How far a query may be before the latest point of a series before the clock counts as stepped
+back (an evaluation at its scheduled time reads a moment before the readings it follows)."""
 
 
 # --- the slot row --------------------------------------------------------------------------------
@@ -357,11 +379,13 @@ class ExchangeWindows:
         self._open_position = finest.open_index % finest.length
         self._open_row = self._open_position * finest.width
         self._open_end = float((finest.open_index + 1) * finest.slot_s)
+        self._open_from = float((finest.open_index - 1) * finest.slot_s)
+        """Earlier than this (more than a slot before the open slot), the clock went back: re-anchor."""
         self._tokens_at = self._open_row + self.layout.input_tokens
 
     # The hot path: once per finished request, on the event loop.
     def observe(self, exchange: Exchange, now: float) -> None:
-        if now >= self._open_end:
+        if not self._open_from <= now < self._open_end:
             self.advance(now)
         ring = self._ring0
         row = self._open_row
@@ -391,12 +415,47 @@ class ExchangeWindows:
         self._dirty0[self._open_position] = 1
 
     def advance(self, now: float) -> None:
-        """Close every slot that ended before `now`, in every tier (a clock that went back is ignored)."""
+        """Close every slot that ended before `now`, in every tier. A clock that went back by up to a
+        slot is ignored (the open slot stays open); further back, the windows are re-anchored at
+        `now` (`_rewind`, see the module's docstring)."""
         target = int(now // TIER_SLOTS_S[0])
         if target <= self._tiers[0].open_index:
+            if target < self._tiers[0].open_index - 1:
+                self._rewind(target)
             return
         for tier, ratio in enumerate(self._ratios):
             self._advance_tier(tier, target // ratio)
+        self._refresh_open()
+
+    def _rewind(self, target: int) -> None:
+        """Re-anchor every tier so that its open slot is the one holding finest slot `target`: the
+        slots from there on (stamped in what is now the future) are discarded, each coarser tier's
+        open slot is rebuilt from the finer tier's closed slots inside it, and the running sums are
+        recomputed. Rare (a clock step), so plain loops: O(slots) once."""
+        tiers = self._tiers
+        for tier, ratio in zip(tiers, self._ratios, strict=True):
+            tier_target = target // ratio
+            passed = tier.open_index - tier_target + 1  # the slots from tier_target to the open one
+            if passed >= tier.length:
+                tier.reset(tier_target)
+                continue
+            width, length, ring, dirty = tier.width, tier.length, tier.ring, tier.dirty
+            for position in _dirty_positions(dirty, tier_target % length, passed):
+                ring[position * width : (position + 1) * width] = array("d", bytes(8 * width))
+                dirty[position] = 0
+            tier.open_index = tier_target
+        for finer, coarser in zip(tiers, tiers[1:], strict=False):
+            # The finer tier's closed slots from the coarser open slot's start were rolled up into a
+            # row now cleared: add them back (those the finer ring no longer holds read as clean).
+            ratio = coarser.slot_s // finer.slot_s
+            width = finer.width
+            at = (coarser.open_index % coarser.length) * width
+            first = max(coarser.open_index * ratio, finer.open_index - finer.length + 1)
+            for position in _dirty_positions(finer.dirty, first % finer.length, finer.open_index - first):
+                _add_row(coarser.ring, at, finer.ring, position * width, width)
+                coarser.dirty[coarser.open_index % coarser.length] = 1
+        for tier in tiers:
+            tier.recompute_runs()
         self._refresh_open()
 
     def _advance_tier(self, tier_index: int, target: int) -> None:
@@ -499,8 +558,12 @@ class ExchangeWindows:
         return float((tier.open_index - k) * tier.slot_s)
 
     def span_s(self, window_s: float, now: float) -> float:
-        """The length the window actually covers, for rates."""
-        return max(now - self.window_start(window_s, now), 1e-9)
+        """The length the window actually covers, for rates: from its start to `now`, and never less
+        than its closed slots (k x slot), which it always covers in full, even when `now` lies up to
+        a slot before the open slot (a clock stepped back a little)."""
+        start = self.window_start(window_s, now)
+        tier_index, k, _ = self._placement(window_s)
+        return max(now - start, float(k * self._tiers[tier_index].slot_s))
 
     def memory_bytes(self) -> int:
         """The rings and running sums (the bulk of the engine's memory)."""
@@ -512,24 +575,16 @@ class ExchangeWindows:
 
     # --- state ---------------------------------------------------------------------------------
 
+    def snapshot(self) -> dict[str, Any]:
+        """`dump()`'s content with each tier's ring copied as it is (a memory copy, fast enough for the
+        event loop); `encode_windows` turns it into `dump()`'s output anywhere, a worker thread included."""
+        tiers = [{"slot_s": tier.slot_s, "open_index": tier.open_index, "width": tier.width,
+                  "ring": array("d", tier.ring)} for tier in self._tiers]  # fmt: skip
+        return {"columns": list(self.layout.columns), "started_at": self.started_at, "tiers": tiers}
+
     def dump(self) -> dict[str, Any]:
         """JSON-able: every tier's slots, oldest first, as zlib-compressed little-endian doubles."""
-        tiers = []
-        for tier in self._tiers:
-            first = tier.open_index - tier.length + 1
-            rows = array("d")
-            for index in range(first, tier.open_index + 1):
-                at = tier.row(index)
-                rows.extend(tier.ring[at : at + tier.width])
-            if sys.byteorder == "big":
-                rows.byteswap()
-            tiers.append({
-                "slot_s": tier.slot_s,
-                "open_index": tier.open_index,
-                "first_index": first,
-                "slots": base64.b64encode(zlib.compress(rows.tobytes(), 6)).decode("ascii"),
-            })  # fmt: skip
-        return {"columns": list(self.layout.columns), "started_at": self.started_at, "tiers": tiers}
+        return encode_windows(self.snapshot())
 
     @classmethod
     def restored(cls, windows_s: Iterable[float], data: Mapping[str, Any], now: float,
@@ -607,7 +662,31 @@ class ExchangeWindows:
                 tier.dirty[index % tier.length] = 1
             tier.recompute_runs()
         windows._refresh_open()
+        # A dump from a clock that was ahead of this one: re-anchored now, not when the clock catches up.
+        windows.advance(now)
         return windows, notes
+
+
+def encode_windows(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """`ExchangeWindows.snapshot()` as `dump()` writes it: each tier's ring rotated to oldest first,
+    little-endian, zlib-compressed and base64-encoded. Reads only the snapshot's own copies, so it
+    may run on a worker thread while the windows keep counting."""
+    tiers = []
+    for tier in snapshot["tiers"]:
+        ring, width, open_index = tier["ring"], tier["width"], tier["open_index"]
+        length = len(ring) // width
+        first = open_index - length + 1
+        split = (first % length) * width  # the oldest slot's row; the ring wraps there
+        rows = ring[split:] + ring[:split]
+        if sys.byteorder == "big":
+            rows.byteswap()
+        tiers.append({
+            "slot_s": tier["slot_s"],
+            "open_index": open_index,
+            "first_index": first,
+            "slots": base64.b64encode(zlib.compress(rows.tobytes(), 6)).decode("ascii"),
+        })  # fmt: skip
+    return {"columns": list(snapshot["columns"]), "started_at": snapshot["started_at"], "tiers": tiers}
 
 
 # --- gauges and counts ---------------------------------------------------------------------------
@@ -633,12 +712,16 @@ class Series:
 
     def set(self, at: float, value: float) -> None:
         """A gauge reading (NaN: the source says it does not know)."""
+        if at < self.seen_at:
+            self.rewind(at)
         self.points.append((at, value))
         self.seen_at = at
         self._trim(at)
 
     def increase(self, at: float, amount: float) -> None:
         """A count's events."""
+        if at < self.seen_at:
+            self.rewind(at)
         points = self.points
         if points and at - points[-1][0] < _COUNT_COALESCE_S:
             points[-1] = (points[-1][0], points[-1][1] + amount)
@@ -648,7 +731,25 @@ class Series:
         self._trim(at)
 
     def touch(self, at: float) -> None:
+        if at < self.seen_at:
+            self.rewind(at)
         self.seen_at = at
+
+    def rewind(self, now: float) -> None:
+        """The clock is behind this series' latest point: points stamped after `now` are moved to `now`
+        (in order, values unchanged) and freshness counts from `now`, so a reading is neither fresh
+        until the clock catches up nor lost from its windows."""
+        points = self.points
+        if points and points[-1][0] > now:
+            moved = [(at if at <= now else now, value) for at, value in points]
+            points.clear()
+            points.extend(moved)
+        self.seen_at = min(self.seen_at, now)
+
+    def _rewound(self, now: float) -> None:
+        """Queries call this first: a series seen well after `now` means the clock went back."""
+        if self.seen_at > now + CLOCK_STEP_TOLERANCE_S:
+            self.rewind(now)
 
     def _trim(self, now: float) -> None:
         points = self.points
@@ -658,12 +759,14 @@ class Series:
 
     def expired(self, now: float) -> bool:
         """Nothing left to say: forgotten so that GPUs that went away do not hold memory."""
+        self._rewound(now)
         if self.stales:
             return now - self.seen_at > self.horizon_s + STALE_AFTER_S
         return not self.points or now - self.points[-1][0] > self.horizon_s
 
     def gauge(self, aggregate: str, window_s: float, now: float) -> float | None:
         """last, max, min or avg of the readings in (now - window, now]; None when absent."""
+        self._rewound(now)
         if not self.points or now - self.seen_at > STALE_AFTER_S:
             return None
         if aggregate == "last":
@@ -688,6 +791,7 @@ class Series:
 
     def count(self, window_s: float, now: float) -> float | None:
         """Increments in (now - window, now]; None when the source stopped reporting."""
+        self._rewound(now)
         if self.stales and now - self.seen_at > STALE_AFTER_S:
             return None
         cutoff = now - window_s
@@ -762,19 +866,23 @@ class SeriesStore:
     def point_count(self) -> int:
         return sum(len(series.points) for by_key in self._series.values() for series in by_key.values())
 
-    def dump(self) -> list[dict[str, Any]]:
-        """JSON-able: each series' labels, freshness and points."""
-        dumped = []
+    def snapshot(self) -> list[dict[str, Any]]:
+        """`dump()`'s content with each series' points copied as they are (a list of the same tuples:
+        cheap on the event loop); `encode_series` makes it JSON-able anywhere."""
+        copied = []
         for signal, by_key in self._series.items():
             for key, series in by_key.items():
                 if not series.points and series.seen_at == -math.inf:
                     continue
-                dumped.append({
+                copied.append({
                     "signal": signal, "key": list(key), "labels": dict(series.labels), "stales": series.stales,
-                    "seen_at": series.seen_at if math.isfinite(series.seen_at) else None,
-                    "points": [[at, value if math.isfinite(value) else None] for at, value in series.points],
+                    "seen_at": series.seen_at, "points": list(series.points),
                 })  # fmt: skip
-        return dumped
+        return copied
+
+    def dump(self) -> list[dict[str, Any]]:
+        """JSON-able: each series' labels, freshness and points."""
+        return encode_series(self.snapshot())
 
     def restore(self, dumped: Iterable[Mapping[str, Any]]) -> list[str]:
         """Series from `dump()` for the signals still kept; notes on what was dropped."""
@@ -797,3 +905,12 @@ class SeriesStore:
             series.seen_at = -math.inf if seen_at is None else float(seen_at)
             self._series[signal][key] = series
         return [f"dropped readings of {signal}, which no rule reads any more" for signal in sorted(dropped)]
+
+
+def encode_series(snapshot: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`SeriesStore.snapshot()` as `dump()` writes it: NaN and infinities as null, which JSON carries."""
+    return [
+        {**item, "seen_at": item["seen_at"] if math.isfinite(item["seen_at"]) else None,
+         "points": [[at, value if math.isfinite(value) else None] for at, value in item["points"]]}
+        for item in snapshot
+    ]  # fmt: skip

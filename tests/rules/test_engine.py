@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import math
 import statistics
+import subprocess
 import time
 import tracemalloc
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar.config import RulesConfig
 from sidecar.exchange import GpuEvent, GpuSample, GpuState, HealthResult, HealthState, Outcome
-from sidecar.rules.alert import AlertState, AlertTransition
+from sidecar.rules.alert import AlertState, AlertTransition, fingerprint
 from sidecar.rules.engine import RuleEngine
 from sidecar.rules.spec import RuleSet, RuleSpec, SignalCondition, effective_rules
 from tests.support.records import make_exchange
+from tests.support.tools import require_tool
 
 T0 = 1_700_000_000.0  # a multiple of 10 s, 5 min and 1 h
 OK = make_exchange()
@@ -94,17 +98,19 @@ def test_error_ratio_alert_pends_fires_after_for_and_resolves_after_keep_firing_
     assert timeline[T0] == [("HighErrors", None, "pending")]
     assert timeline[T0 + 120] == [("HighErrors", "pending", "firing")]
     assert values[T0] == pytest.approx(0.1)
-    # After recovery the 5m ratio decays; the alert stays firing 1m (keep_firing_for) past the last
-    # evaluation at which the ratio was still over 5 %, then resolves.
+    # After recovery the 5m ratio decays; as in Prometheus (KeepFiringSince), the alert stays firing
+    # 1m (keep_firing_for) from the first evaluation at which the ratio is no longer over 5 %, then
+    # resolves: one interval after last_held + 1m.
     last_held = max(t for t, v in values.items() if v > 0.05)
     # By hand: at recovery + 149 s the window (10 s slots) starts 160 s before recovery: 160 failures
     # in 310 s x 10 requests = 5.16 %; a second later 150 in 3010 = 4.98 %.
     assert last_held == recovered_at + 149
-    assert timeline[last_held + 60] == [("HighErrors", "firing", "resolved")]
-    assert sorted(timeline) == [T0, T0 + 120, last_held + 60]
+    first_missed = last_held + 1
+    assert timeline[first_missed + 60] == [("HighErrors", "firing", "resolved")]
+    assert sorted(timeline) == [T0, T0 + 120, first_missed + 60]
     [alert] = engine.alerts()
-    assert (alert.state, alert.active_at, alert.fired_at, alert.resolved_at) == (
-        AlertState.RESOLVED, T0, T0 + 120, last_held + 60)  # fmt: skip
+    assert (alert.state, alert.active_at, alert.fired_at, alert.resolved_at, alert.keep_firing_since) == (
+        AlertState.RESOLVED, T0, T0 + 120, first_missed + 60, first_missed)  # fmt: skip
     assert alert.labels == {"alertname": "HighErrors", "instance": "node-1", "severity": "critical"}
     assert alert.annotations["summary"].endswith("failing on node-1")
 
@@ -158,10 +164,12 @@ def test_keep_firing_for_bridges_a_flapping_condition() -> None:
             engine.observe_exchange(FAILED)
         transitions += described(engine.evaluate())
         clock.now += 1.0
-    # One firing episode despite the 20 s gaps, resolved 45 s after the last evaluation that held.
+    # One firing episode despite the 20 s gaps, resolved 45 s after the first evaluation that no
+    # longer held (one 1 s interval after the last that held).
     assert transitions == [("HighErrors", None, "firing"), ("HighErrors", "firing", "resolved")]
     alert = engine.alerts()[0]
-    assert alert.resolved_at == alert.last_held_at + 45.0
+    assert alert.keep_firing_since == alert.last_held_at + 1.0
+    assert alert.resolved_at == alert.keep_firing_since + 45.0
 
 
 def test_labels_external_labels_never_override_and_annotations_render() -> None:
@@ -311,6 +319,10 @@ def test_restart_after_a_long_downtime_ages_the_windows() -> None:
     clock.now += 3 * 3600  # three hours down: the 5m window is empty, the 30d one is not
     restarted = engine_for(rules, clock)
     restarted.load_state(data)
+    # The first evaluation after the restart is the first that sees the condition no longer hold:
+    # keep_firing_for (1m) runs from there, as it runs from Prometheus's KeepFiringSince.
+    assert [t for t in restarted.evaluate() if t.alert.name == "HighErrors"] == []
+    clock.now += 60.0
     transitions = restarted.evaluate()
     assert described(t for t in transitions if t.alert.name == "HighErrors") == [("HighErrors", "firing", "resolved")]
     status = restarted.slo_status()[0]
@@ -611,3 +623,239 @@ def test_fifty_rules_over_thirty_days_cost_under_a_millisecond_per_tick_in_bound
     assert engine.evaluation_failures == 0
     assert status["availability"].total >= 30 * 24 * 2  # the 30-day window holds a month of traffic
     assert engine.last_evaluation_duration_s > 0
+
+
+# --- a wall clock stepped backwards ---------------------------------------------------------------
+
+
+def test_a_clock_stepped_back_gives_sane_rates_and_no_false_alerts() -> None:
+    """An hour ahead for a moment (or a state file written by a clock that was), then NTP steps it
+    back: 1 request a second, and a burst of 502s that ended 20 minutes before the evaluation."""
+    clock = Clock()
+    rate = {"name": "Rate", "signal": "request_rate", "window": "5m", "op": ">", "threshold": 1000}
+    errors = {"name": "Errors", "signal": "error_ratio", "window": "5m", "op": ">", "threshold": 0.05}
+    engine = engine_for(ruleset(rate, errors), clock)
+    clock.now = T0 + 3600
+    engine.observe_exchange(OK)
+    engine.evaluate()
+    for second in range(1800):
+        clock.now = T0 + second
+        engine.observe_exchange(make_exchange(status=502) if 300 <= second < 600 else OK)
+    assert engine.evaluate() == []
+    values = {state.name: state.values[0][1] for state in engine.rule_states()}
+    assert values["Rate"] == pytest.approx(1.0, abs=0.05)  # not 1.8e12: the span is never ~0
+    assert values["Errors"] == 0.0
+    assert engine.alerts() == []
+
+
+def test_gauges_read_while_the_clock_was_ahead_go_stale_and_are_pruned_from_the_new_present() -> None:
+    clock = Clock(T0 + 3600)
+    hot = {"name": "Hot", "signal": "gpu_temperature", "op": ">", "threshold": 85, "severity": "warning"}
+    engine = engine_for(ruleset(hot), clock)
+    engine.observe_gpu_sample(gpu_sample("0", "GPU-a", DCGM_FI_DEV_GPU_TEMP=90.0))
+    engine.evaluate()
+    clock.now = T0  # stepped back an hour; GPU 0 is never sampled again
+    assert described(engine.evaluate()) == []
+    assert engine.rule_states()[0].values[0][1] == 90.0  # the last reading still stands ...
+    clock.now = T0 + 301.0
+    engine.evaluate()
+    assert engine.rule_states()[0].values == ()  # ... but goes stale 5 minutes later, not an hour later
+    for _ in range(3):
+        clock.now += 10.0
+        engine.evaluate()
+    assert engine.dump_state()["series"] == []  # and is forgotten: pruning did not wait for the clock
+
+
+# --- restoring pending alerts, keep_firing_for, empty labels --------------------------------------
+
+
+def gpu_hot(engine: RuleEngine, temperature: float = 90.0) -> None:
+    engine.observe_gpu_sample(gpu_sample("0", "GPU-a", DCGM_FI_DEV_GPU_TEMP=temperature))
+
+
+HOT_FOR_1M = {"name": "Hot", "signal": "gpu_temperature", "op": ">", "threshold": 85, "for": "1m",
+              "severity": "warning"}  # fmt: skip
+
+
+def test_a_pending_alert_restored_after_downtime_must_hold_for_its_for_while_running() -> None:
+    """Prometheus's RestoreForState: active_at moves forward by the downtime."""
+    clock = Clock()
+    engine = engine_for(ruleset(HOT_FOR_1M), clock)
+    gpu_hot(engine)
+    assert described(engine.evaluate()) == [("Hot", None, "pending")]
+    clock.now += 5.0
+    gpu_hot(engine)
+    engine.evaluate()
+    data = json.loads(json.dumps(engine.dump_state()))  # shut down 5 s into a 60 s `for`
+    clock.now += 600.0  # down for 10 minutes
+    restarted = engine_for(ruleset(HOT_FOR_1M), clock)
+    restarted.load_state(data)
+    [alert] = restarted.alerts()
+    assert (alert.state, alert.active_at) == (AlertState.PENDING, T0 + 600.0)
+    fired_at = None
+    for _ in range(60):
+        gpu_hot(restarted)
+        for transition in restarted.evaluate():
+            assert described([transition]) == [("Hot", "pending", "firing")]
+            fired_at = clock.now
+        clock.now += 1.0
+    # Held 5 s before the shutdown and 55 s after the restart: 60 s, not 5 s plus the downtime.
+    assert fired_at == T0 + 605.0 + 55.0
+
+
+def test_a_restored_pending_alert_whose_for_had_elapsed_when_saved_fires_at_once() -> None:
+    """RestoreForState's exception: `for` had run out before the shutdown (it would have fired at
+    the next evaluation), so the downtime changes nothing."""
+    clock = Clock()
+    engine = engine_for(ruleset(HOT_FOR_1M), clock)
+    for _ in range(60):  # evaluations at 0 s to 59 s
+        gpu_hot(engine)
+        engine.evaluate()
+        clock.now += 1.0
+    clock.now = T0 + 60.5  # saved between the evaluations at 59 s and 60 s
+    data = engine.dump_state()
+    assert [a.state for a in engine.alerts()] == [AlertState.PENDING]
+    clock.now += 300.0
+    restarted = engine_for(ruleset(HOT_FOR_1M), clock)
+    restarted.load_state(data)
+    gpu_hot(restarted)
+    assert described(restarted.evaluate()) == [("Hot", "pending", "firing")]
+    assert restarted.alerts()[0].active_at == T0
+
+
+def test_a_restored_firing_alert_keeps_its_times() -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(HOT_FOR_1M), clock)
+    for _ in range(70):
+        gpu_hot(engine)
+        engine.evaluate()
+        clock.now += 1.0
+    data = engine.dump_state()
+    clock.now += 600.0
+    restarted = engine_for(ruleset(HOT_FOR_1M), clock)
+    restarted.load_state(data)
+    gpu_hot(restarted)
+    assert restarted.evaluate() == []
+    [alert] = restarted.alerts()
+    assert (alert.state, alert.active_at, alert.fired_at) == (AlertState.FIRING, T0, T0 + 60.0)
+
+
+KEEP_FIRING = {"name": "K", "signal": "upstream_consecutive_failures", "op": ">", "threshold": 0,
+               "keep_firing_for": "5m", "severity": "warning"}  # fmt: skip
+
+
+def keep_firing_timeline(engine: RuleEngine, clock: Clock, minutes: range,
+                         restart_at: int | None = None) -> tuple[dict[int, str], RuleEngine]:  # fmt: skip
+    """The series holds (1) from 0m to 10m and is 0 after; evaluated every minute."""
+    states: dict[int, str] = {}
+    for minute in minutes:
+        if minute == restart_at:
+            data = json.loads(json.dumps(engine.dump_state()))
+            engine = engine_for(ruleset(KEEP_FIRING), clock)
+            engine.load_state(data)
+        clock.now = T0 + 60 * minute
+        engine.observe_health(health(HealthState.DOWN, 1 if minute <= 10 else 0))
+        engine.evaluate()
+        states[minute] = ",".join(a.state.value for a in engine.alerts())
+    return states, engine
+
+
+def test_keep_firing_for_runs_from_the_first_evaluation_that_no_longer_holds_as_in_prometheus() -> None:
+    """promtool's answer for `m > 0`, keep_firing_for 5m, m = 1x10 0x20 at 1m: firing at 15m,
+    resolved at 16m (tests/rules/test_engine.py::test_promtool_agrees_on_keep_firing_for)."""
+    clock = Clock()
+    states, engine = keep_firing_timeline(engine_for(ruleset(KEEP_FIRING), clock), clock, range(20))
+    assert states[10] == "firing" and states[11] == "firing"
+    assert states[15] == "firing"
+    assert states[16] == "resolved"
+    [alert] = engine.alerts()
+    assert (alert.keep_firing_since, alert.resolved_at, alert.last_held_at) == (T0 + 660, T0 + 960, T0 + 600)
+
+
+def test_keep_firing_since_survives_a_restart() -> None:
+    clock = Clock()
+    states, _ = keep_firing_timeline(engine_for(ruleset(KEEP_FIRING), clock), clock, range(20), restart_at=13)
+    assert (states[15], states[16]) == ("firing", "resolved")
+
+
+def test_keep_firing_since_is_cleared_when_the_condition_holds_again() -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(KEEP_FIRING), clock)
+    for minute, failures in enumerate([1, 0, 0, 1, 0, 0, 0, 0, 0]):  # 0m to 8m
+        clock.now = T0 + 60 * minute
+        engine.observe_health(health(HealthState.DOWN, failures))
+        engine.evaluate()
+        if minute == 3:
+            assert engine.alerts()[0].keep_firing_since is None
+    [alert] = engine.alerts()
+    assert (alert.state, alert.keep_firing_since) == (AlertState.FIRING, T0 + 240)  # resolves at 9m
+    clock.now = T0 + 540
+    engine.evaluate()
+    assert engine.alerts()[0].state is AlertState.RESOLVED
+
+
+def test_promtool_agrees_on_keep_firing_for(tmp_path: Path) -> None:
+    """The timing the engine is held to above, from Prometheus itself."""
+    promtool = require_tool("promtool")
+    (tmp_path / "rules.yml").write_text(
+        "groups:\n  - name: t\n    rules:\n      - alert: K\n        expr: m > 0\n        keep_firing_for: 5m\n"
+    )
+    (tmp_path / "test.yml").write_text("""\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'm'
+        values: '1x10 0x20'
+    alert_rule_test:
+      - eval_time: 15m
+        alertname: K
+        exp_alerts:
+          - exp_labels: {}
+      - eval_time: 16m
+        alertname: K
+        exp_alerts: []
+""")
+    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_empty_label_values_are_no_labels() -> None:
+    """An XID error without a UUID, an empty external label, and a rule label set to "" (which
+    removes the signal's label, as Prometheus's label builder does)."""
+    clock = Clock()
+    xid = {"name": "Xid", "signal": "gpu_xid_errors", "window": "5m", "op": ">", "threshold": 0, "severity": "critical"}
+    anonymous = {**xid, "name": "XidAnyGpu", "labels": {"gpu": ""}}
+    engine = RuleEngine(ruleset(xid, anonymous), instance="node-1", clock=clock,
+                        external_labels={"team": "", "UUID": "from-external"})  # fmt: skip
+    engine.observe_gpu_event(GpuEvent(at=0.0, kind="xid", gpu="0", uuid=None, message="Xid 79", xid=79))
+    engine.evaluate()
+    by_name = {alert.name: alert for alert in engine.alerts()}
+    assert dict(by_name["Xid"].labels) == {"alertname": "Xid", "gpu": "0", "instance": "node-1",
+                                           "severity": "critical", "UUID": "from-external"}  # fmt: skip
+    assert dict(by_name["XidAnyGpu"].labels) == {"alertname": "XidAnyGpu", "instance": "node-1",
+                                                 "severity": "critical", "UUID": "from-external"}  # fmt: skip
+
+
+def test_fingerprints_match_alertmanagers_which_drops_empty_labels() -> None:
+    labels = {"alertname": "GpuXidError", "gpu": "0", "instance": "i", "severity": "critical"}
+    # Alertmanager's fingerprint of the label set it keeps once removeEmptyLabels has run.
+    assert fingerprint({**labels, "UUID": ""}) == fingerprint(labels) == "eca98a761fa00d61"
+
+
+def test_a_state_file_with_empty_labels_restores_them_dropped() -> None:
+    clock = Clock()
+    xid = {"name": "Xid", "signal": "gpu_xid_errors", "window": "5m", "op": ">", "threshold": 0}
+    engine = engine_for(ruleset(xid), clock)
+    engine.observe_gpu_event(GpuEvent(at=0.0, kind="xid", gpu="0", uuid=None, message="Xid 79", xid=79))
+    engine.evaluate()
+    data = json.loads(json.dumps(engine.dump_state()))
+    data["rules"][0]["alerts"][0]["labels"]["UUID"] = ""  # as written before empty labels were dropped
+    restarted = engine_for(ruleset(xid), clock)
+    restarted.load_state(data)
+    engine.observe_gpu_event(GpuEvent(at=0.0, kind="xid", gpu="0", uuid=None, message="Xid 79", xid=79))
+    assert restarted.evaluate() == []  # the same alert, not a new one beside it
+    [alert] = restarted.alerts()
+    assert "UUID" not in alert.labels and alert.state is AlertState.FIRING

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sys
 import time
@@ -16,7 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import RunningSidecar, SidecarFactory
+from sidecar.app import Sidecar
+from sidecar.exchange import Exchange, HealthResult, HealthState
+from sidecar.rules.engine import RuleEngine
+from sidecar.rules.spec import effective_rules
+from sidecar.rules.state import StateFile
+from tests.conftest import RunningSidecar, SidecarFactory, sidecar_config
 from tests.support.alertmanager import alertmanager_route, start_alertmanager, wait_ready
 from tests.support.tools import serve_on_loopback, wait_for
 from tests.support.upstream import TestUpstream
@@ -197,6 +203,64 @@ async def test_a_restart_mid_incident_keeps_the_alert_and_does_not_notify_it_aga
     firing_records = [r for r in audit_records(tmp_path / "data")
                       if r["event"]["action"] == "alert-firing" and r["rule"]["name"] == "TestErrorRate"]  # fmt: skip
     assert len(firing_records) == 1, "the restart recorded the alert as firing anew"
+
+
+async def test_requests_served_before_the_rules_runner_starts_are_counted_with_the_restored_state(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await make_sidecar(upstream.url)
+    async with aiohttp.ClientSession() as client:
+        for index in range(10):
+            async with client.get(f"{first.url}{'/status/500' if index % 2 else '/echo'}") as response:
+                await response.read()
+    await wait_for(lambda: len(first.exchanges) == 10, what="the first sidecar's exchanges")
+    await first.sidecar.stop()  # saves the rules state: 10 requests, 5 bad
+
+    # The proxy listens before the rules runner starts: a request served in between must be counted
+    # on top of the restored windows, not replaced by them.
+    start_rules = Sidecar._start_rules
+
+    async def start_rules_after_a_request(sidecar: Sidecar, engine: RuleEngine) -> None:
+        served: list[Exchange] = []
+        sidecar.exchanges.subscribe("early", served.append)
+        assert sidecar.proxy_address is not None
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{sidecar.proxy_address.port}/status/500") as response:
+                await response.read()
+        await wait_for(lambda: bool(served), what="the early request's exchange")
+        await start_rules(sidecar, engine)
+
+    monkeypatch.setattr(Sidecar, "_start_rules", start_rules_after_a_request)
+    second = await make_sidecar(upstream.url)
+    assert second.sidecar.rule_engine is not None
+    (availability,) = [s for s in second.sidecar.rule_engine.slo_status() if s.name == "availability"]
+    assert (availability.total, availability.bad) == (11, 6)
+
+
+async def test_a_notification_log_that_cannot_be_restored_is_reported_as_such(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {
+        "rules__alerts": [{"name": "Down", "signal": "upstream_consecutive_failures", "op": ">=", "threshold": 3}],
+        "rules__webhooks": [{"name": "ops", "url": "http://127.0.0.1:9/hook"}],
+    }
+    config = sidecar_config(upstream.url, tmp_path / "data", {k.replace("__", "."): v for k, v in settings.items()})
+    engine = RuleEngine(effective_rules(config.rules), instance="node-1")
+    engine.observe_health(HealthResult(time.time(), False, None, 0.0, "refused", HealthState.DOWN, 0, 5, True))
+    engine.evaluate()
+    broken_log = {"version": 1, "webhooks": {"ops": {"log": {"group": {"timestamp": "not a time"}}}}}
+    StateFile(tmp_path / "data" / "rules" / "state.json").save({"engine": engine.dump_state(), "notify": broken_log})
+
+    with caplog.at_level(logging.INFO, logger="sidecar.rules.runner"):
+        running = await make_sidecar(upstream.url, **settings)
+    assert running.sidecar.rule_engine is not None
+    [alert] = [a for a in running.sidecar.rule_engine.alerts() if a.name == "Down"]
+    [saved] = [a for a in engine.alerts() if a.name == "Down"]
+    assert alert.active_at == saved.active_at and alert.fired_at == saved.fired_at
+    messages = [r.getMessage() for r in caplog.records if r.name == "sidecar.rules.runner"]
+    assert "rules state restored" in messages
+    assert "webhook notification log not restored: alerts already notified may be notified again" in messages
+    assert not any("empty windows" in message for message in messages), messages
 
 
 async def sidecar_command(*args: str) -> tuple[int, str]:

@@ -302,3 +302,102 @@ def test_series_store_keeps_only_read_signals_and_forgets_vanished_gpus() -> Non
     assert store.values("gpu_temperature", 60, T0 + STALE_AFTER_S + 1) == []
     store.prune(T0 + 60 + STALE_AFTER_S + 1)
     assert store.series_count() == 0
+
+
+# --- a wall clock stepped backwards ---------------------------------------------------------------
+
+CLOCK_STEP_WINDOWS = [300.0, 3600.0, 86400.0, 2592000.0]
+
+
+@pytest.mark.parametrize("step_s", [1200.0, 7200.0, 2 * 86400.0])
+def test_a_clock_stepped_back_re_anchors_the_windows_and_discards_only_the_future(step_s: float) -> None:
+    """Counts stamped while the clock was ahead are discarded, nothing else is counted twice or
+    lost beyond what the run ahead aged out, and each window is exact again once it spans only
+    time after the step. Compared with windows that never saw the clock run ahead."""
+    stepped = ExchangeWindows(CLOCK_STEP_WINDOWS, T0, history_slots=90)
+    reference = ExchangeWindows(CLOCK_STEP_WINDOWS, T0, history_slots=90)
+    before = [T0 + i * 37.0 for i in range(5000)]  # about two days
+    for at in before:
+        exchange = make_exchange(status=500 if int(at) % 7 == 0 else 200)
+        stepped.observe(exchange, at)
+        reference.observe(exchange, at)
+    # The clock jumps ahead, counts a burst there, and NTP steps it back to just after `before`
+    # (into the next 5-minute slot, so that no slot holds counts from both sides of the step).
+    back = (before[-1] // 300 + 1) * 300 + 7
+    for i in range(500):
+        stepped.observe(make_exchange(status=500), back + step_s + i * 0.1)
+    requests = LAYOUT.requests
+    after = [back + i * 13.0 for i in range(600)]  # two hours and more from the step back
+    for index, at in enumerate(after):
+        exchange = make_exchange(status=500 if index % 5 == 0 else 200)
+        stepped.observe(exchange, at)
+        reference.observe(exchange, at)
+        if index % 41:
+            continue
+        for window in CLOCK_STEP_WINDOWS:
+            got, expected = stepped.totals(window, at), reference.totals(window, at)
+            # Never a count from the future (the burst was all 500s), never one twice.
+            assert all(g <= e for g, e in zip(got, expected, strict=True)), (window, at - back)
+            assert stepped.span_s(window, at) == reference.span_s(window, at)
+            if at - back >= window + 10:
+                assert got == expected, (window, at - back)  # the window lies after the step
+        # The SLO period loses nothing from before the step while the 5-minute tier still holds its
+        # open hour (a step under a day); a longer one loses at most that hour's counts before it.
+        got, expected = stepped.totals(2592000.0, at)[requests], reference.totals(2592000.0, at)[requests]
+        assert got == expected if step_s < 86400 else expected - 3600 / 37 - 1 <= got <= expected
+
+
+def test_a_clock_stepped_back_keeps_rates_sane() -> None:
+    """The reviewer's case: an hour ahead for a moment, then back; 1 request/s afterwards."""
+    windows = ExchangeWindows([300.0], T0)
+    windows.observe(make_exchange(), T0 + 3600)
+    for second in range(1800):
+        windows.observe(make_exchange(), T0 + second)
+    now = T0 + 1799.5
+    span = windows.span_s(300.0, now)
+    assert 300 <= span <= 310
+    assert windows.totals(300.0, now)[LAYOUT.requests] / span == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_clock_a_few_seconds_back_keeps_counting_into_the_open_slot() -> None:
+    windows = ExchangeWindows([10.0, 300.0], T0)
+    windows.observe(make_exchange(), T0 + 1)
+    windows.observe(make_exchange(), T0 - 9.5)  # within a slot before the open one: no re-anchoring
+    assert windows.totals(300.0, T0 - 9.5)[LAYOUT.requests] == 2
+    # The 10 s window covers its closed slot in full whatever `now`: a rate never divides by ~0.
+    assert windows.span_s(10.0, T0 - 9.5) == 10.0
+
+
+def test_restore_of_a_dump_written_while_the_clock_was_ahead_re_anchors_at_now() -> None:
+    ahead = ExchangeWindows([300.0, 86400.0], T0)
+    for second in range(0, 600, 2):
+        ahead.observe(make_exchange(), T0 + second)
+    data = json.loads(json.dumps(ahead.dump()))
+    now = T0 - 3600.0  # this host's clock is an hour behind the one that wrote the dump
+    restored, _ = ExchangeWindows.restored([300.0, 86400.0], data, now)
+    restored.observe(make_exchange(), now + 1)
+    assert 300 <= restored.span_s(300.0, now + 1) <= 310  # not 1e-9 s: the open slot is not in the future
+    assert restored.totals(300.0, now + 1)[LAYOUT.requests] == 1
+    assert restored.window_start(300.0, now + 1) <= now + 1
+
+
+def test_gauge_readings_from_a_clock_that_was_ahead_age_from_the_new_present() -> None:
+    series = Series({"gpu": "0"}, horizon_s=300.0)
+    series.set(T0 + 3600, 90.0)  # read while the clock was an hour ahead
+    assert series.gauge("last", 300, T0) == 90.0  # the latest reading stands, at the new present
+    assert series.gauge("max", 300, T0 + 10) == 90.0  # and is in its windows
+    assert series.gauge("last", 300, T0 + STALE_AFTER_S + 1) is None  # not fresh for another hour
+    series.set(T0 + 400, 70.0)
+    series.set(T0 + 380, 60.0)  # the clock went back 20 s: the later reading moves to 380 s
+    assert [at for at, _ in series.points] == sorted(at for at, _ in series.points)
+    assert series.gauge("max", 60, T0 + 380) == 70.0
+
+
+def test_count_events_after_a_clock_step_are_not_hidden_in_the_future() -> None:
+    series = Series({}, horizon_s=300.0, stales=False)
+    series.increase(T0 + 3600, 1.0)  # an XID error while the clock was ahead
+    series.increase(T0, 1.0)  # the clock stepped back: two more, which must not coalesce into the
+    series.increase(T0 + 1, 1.0)  # point an hour ahead and vanish from every window
+    assert series.count(300, T0 + 2) == 3
+    assert series.count(300, T0 + 302) == 0
+    assert series.expired(T0 + 302)
