@@ -18,17 +18,10 @@ from sidecar.gpu.attribution import (
     Attribution,
 )
 from sidecar.gpu.cost import CostModel
+from tests.support.clock import Clock
 from tests.support.records import make_exchange
 
 PowerCurve = Callable[[float], float]
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedProxy:
@@ -119,7 +112,7 @@ def feed(
 
 
 def build(requests: Iterable[tuple[float, float]] = (), **options: object) -> tuple[Attribution, Clock, ScriptedProxy]:
-    clock = Clock()
+    clock = Clock(0.0)
     proxy = ScriptedProxy(clock, requests)
     attribution = Attribution(request_seconds=proxy.request_seconds, clock=clock, **options)  # type: ignore[arg-type]
     return attribution, clock, proxy
@@ -224,7 +217,7 @@ def test_a_gpu_silent_for_several_intervals_covers_nothing_past_its_last_sample(
 
 def test_idle_power_is_learned_from_intervals_without_requests_and_subtracted():
     requests = [(10.0, 15.0)]
-    clock = Clock()
+    clock = Clock(0.0)
     proxy = ScriptedProxy(clock, requests)
 
     def power(t: float) -> float:
@@ -394,7 +387,7 @@ def test_enrich_leaves_the_exchange_alone_when_no_gpu_covers_it():
 
 def test_usage_cost_micro_benchmark():
     """Prints what `usage()` costs on the event loop: a 2 s request, 1 s samples, 2 GPUs, full rings."""
-    clock = Clock()
+    clock = Clock(0.0)
     # Four requests in flight at all times; an O(1) integral, as the proxy keeps it.
     attribution = Attribution(request_seconds=lambda: 4 * clock.now, clock=clock)
     for t in seconds(0, 900):

@@ -5,19 +5,12 @@ import pytest
 from sidecar.config import CostConfig, ModelPrice
 from sidecar.exchange import GpuUsage
 from sidecar.gpu.cost import CostModel, Payback
+from tests.support.clock import Clock
 
 # A cloud API at 0.015 / 0.025 per 1k input / output tokens and 0.001 per call.
 SEED = ModelPrice(input_per_1k=0.015, output_per_1k=0.025, per_request=0.001)
 THREE_YEARS = 3 * 365 * 86400.0
 MONTH = 365.25 / 12 * 86400
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def config(**changes: object) -> CostConfig:

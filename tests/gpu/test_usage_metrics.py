@@ -11,17 +11,10 @@ from sidecar.config import CostConfig, ModelPrice
 from sidecar.exchange import GpuUsage, Principal
 from sidecar.gpu.cost import Payback
 from sidecar.gpu.usage_metrics import UsageMetrics
+from tests.support.clock import Clock
 from tests.support.records import make_exchange
 
 SEED = ModelPrice(input_per_1k=0.015, output_per_1k=0.025, per_request=0.001)
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def first_two() -> Callable[[str | None], str]:

@@ -21,17 +21,9 @@ from sidecar.rules.engine import RuleEngine
 from sidecar.rules.spec import effective_rules
 from sidecar.telemetry.status import StatusPage, StatusSources
 from tests.conftest import sidecar_config
+from tests.support.clock import Clock, T0
 
-T0 = 1_700_000_000.0
 HOT = {"name": "Hot", "signal": "gpu_temperature", "op": ">", "threshold": 85, "severity": "critical"}
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def strict_json(data: Any) -> Any:

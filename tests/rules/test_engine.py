@@ -23,20 +23,12 @@ from sidecar.exchange import GpuEvent, GpuSample, GpuState, HealthResult, Health
 from sidecar.rules.alert import AlertState, AlertTransition, fingerprint
 from sidecar.rules.engine import RuleEngine
 from sidecar.rules.spec import RuleSet, RuleSpec, SignalCondition, effective_rules
+from tests.support.clock import Clock, T0
 from tests.support.records import make_exchange
 from tests.support.tools import require_tool
 
-T0 = 1_700_000_000.0  # a multiple of 10 s, 5 min and 1 h
 OK = make_exchange()
 FAILED = make_exchange(status=500, upstream_status=500)
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ruleset(*alerts: Mapping[str, Any], slos: Iterable[Mapping[str, Any]] = (), defaults: bool = False) -> RuleSet:

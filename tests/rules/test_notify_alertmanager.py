@@ -19,18 +19,11 @@ from sidecar.rules.notify import Notifier
 from sidecar.rules.notify.payload import fingerprinted, rfc3339_millis
 from sidecar.rules.notify.resend import ResendSchedule
 from sidecar.rules.notify_metrics import NotifierCollector
+from tests.support.clock import Clock
 from tests.support.tools import closed_port, serve_on_loopback, wait_for
 
 EXTERNAL_URL = "http://sidecar.example:9180"
 RESEND = 60.0
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def alert(

@@ -26,18 +26,10 @@ from sidecar.rules.notify.payload import (
     sorted_as_alertmanager,
 )
 from sidecar.rules.notify_metrics import NotifierCollector
+from tests.support.clock import Clock, T0
 from tests.support.tools import closed_port, serve_on_loopback, wait_for
 
 EXTERNAL_URL = "http://sidecar.example:9180"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def alert(

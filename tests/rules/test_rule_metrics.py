@@ -11,17 +11,8 @@ from sidecar.exchange import GpuSample, GpuState
 from sidecar.rules.engine import RuleEngine
 from sidecar.rules.metrics import RulesCollector
 from sidecar.rules.spec import effective_rules
+from tests.support.clock import Clock, T0
 from tests.support.records import make_exchange
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def scrape(engine: RuleEngine) -> dict[str, list[Sample]]:

@@ -21,17 +21,8 @@ from sidecar.rules.notify import Notifier
 from sidecar.rules.runner import RulesRunner, restore_engine, restore_notifier
 from sidecar.rules.spec import effective_rules
 from sidecar.rules.state import StateFile
+from tests.support.clock import Clock, T0
 from tests.support.records import make_exchange
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def busy_engine(clock: Clock, period: str = "30d") -> RuleEngine:

@@ -17,17 +17,8 @@ from sidecar.rules.alert import AlertState
 from sidecar.rules.engine import RuleEngine
 from sidecar.rules.spec import effective_rules
 from sidecar.rules.state import FORMAT_VERSION, MAGIC, StateFile, StateFileError
+from tests.support.clock import Clock, T0
 from tests.support.records import make_exchange
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from sidecar.rules.windows import (
     SeriesStore,
     histogram_quantile,
 )
+from tests.support.clock import T0
 from tests.support.records import make_exchange
 
-T0 = 1_700_000_000.0  # a multiple of 10 s, 5 min and 1 h
 INF = math.inf
 
 # --- histogram_quantile: cases from Prometheus's promql/promqltest/testdata/histograms.test ---------

@@ -16,17 +16,8 @@ from sidecar.rules.engine import HISTORY_SLOTS, RuleEngine
 from sidecar.rules.spec import effective_rules
 from sidecar.rules.windows import LAYOUT, histogram_quantile
 from sidecar.telemetry.status import AuditReading, CostSource, StatusPage, StatusSources, wants_html
+from tests.support.clock import Clock, T0
 from tests.support.records import make_exchange
-
-T0 = 1_700_000_000.0  # a multiple of 10 s
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def engine_for(clock: Clock, *, defaults: bool = True) -> RuleEngine:
