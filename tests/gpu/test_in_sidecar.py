@@ -20,6 +20,7 @@ from sidecar.exchange import Exchange, GpuEvent
 from sidecar.gpu import fields as f
 from sidecar.testing.nvml import FakeNvml
 from tests.conftest import RunningSidecar, SidecarFactory
+from tests.support.tools import serve_on_loopback
 
 RECORDED = Path(__file__).parent / "data" / "dcgm-exporter.txt"
 INTERVAL_S = 0.02
@@ -42,11 +43,7 @@ class SlowModel:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
+        self.runner, port = await serve_on_loopback(app)
         self.url = f"http://127.0.0.1:{port}"
 
     async def chat(self, request: web.Request) -> web.Response:
@@ -228,11 +225,8 @@ async def dcgm_exporter() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    runner, port = await serve_on_loopback(app)
+    yield f"http://127.0.0.1:{port}/metrics"
     await runner.cleanup()
 
 
