@@ -345,7 +345,8 @@ class NvmlCollector:
             logger.debug("nvmlSystemGetDriverVersion failed: %s", exc)
             return ""
 
-    def _lose_nvml(self, reason: str) -> None:
+    def _lose_nvml(self, reason: str) -> list[GpuSample]:
+        """Marks NVML and every GPU unavailable; returns the unavailable samples to publish."""
         for gpu in self._gpus.values():
             gpu.state, gpu.error = GpuState.UNAVAILABLE, reason
         unavailable = [self._state_sample(gpu, GpuState.UNAVAILABLE) for gpu in self._gpus.values()]
@@ -358,6 +359,7 @@ class NvmlCollector:
         self._event("nvml_unavailable", None, f"NVML stopped answering ({reason}); "
                     f"trying again every {self._reinit_interval:g}s")  # fmt: skip
         self._close_nvml(shutdown=False)
+        return unavailable
 
     def _close_nvml(self, *, shutdown: bool) -> None:
         if self._xid is not None:
@@ -413,8 +415,7 @@ class NvmlCollector:
                     del pending[future]  # stays in gpu.in_flight: no second read until this one returns
                     samples.append(self._timed_out(gpu, call[0]))
         if gone is not None:
-            self._lose_nvml(gone)
-            return [self._state_sample(gpu, GpuState.UNAVAILABLE) for gpu in self._gpus.values()]
+            return self._lose_nvml(gone)
         return samples
 
     def _finish_read(self, gpu: _Gpu, future: Future[_Reading]) -> list[GpuSample]:
