@@ -204,6 +204,11 @@ class AuditPipeline:
     def queue_length(self) -> int:
         return len(self._queue)
 
+    @property
+    def events_queued(self) -> int:
+        """Events (requests and lifecycle facts) taken into the queue so far; each ends stored or counted as dropped."""
+        return self._enqueued
+
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self, start_fact: Lifecycle | None = None) -> None:

@@ -177,7 +177,11 @@ async def test_fail_open_keeps_serving_counts_drops_and_records_the_loss(
     documents = elastic.documents(TARGET)
     notices = [doc for doc in documents if doc["event"]["action"] == "audit-events-dropped"]
     assert sum(doc["sidecar"]["audit"]["dropped_events"] for doc in notices) == dropped
-    assert len(_requests(documents)) == sum(served.values()) + 10 - dropped
+    # Alert transitions (AuditEventsDropped fires here) are audited too and can be
+    # dropped alongside requests, so the exact account covers every queued event.
+    events = [doc for doc in documents if doc["event"]["action"] not in ("audit-checkpoint", "audit-events-dropped")]
+    assert len(events) + dropped == pipeline.events_queued
+    assert sum(served.values()) + 10 - dropped <= len(_requests(documents)) <= sum(served.values()) + 10
     _assert_chain_intact(documents)
 
 
