@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -221,6 +221,50 @@ def _url_path(value: object) -> str:
 UrlPath = Annotated[str, BeforeValidator(_url_path)]
 
 
+class _SecretMarker:
+    """Marks a config value as a credential."""
+
+
+SECRET_MARKER = _SecretMarker()
+Secret = Annotated[str, SECRET_MARKER]
+"""A credential: shown masked wherever the effective config is shown (`masked_config`)."""
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+               "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}  # fmt: skip
+_RATE_EXPECTED = "a rate such as 10/s, 60/min, 10000/min or 1000/h (or a number per second)"
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from "10/s", "60/min", "1000/h", "5000/day" or a number per second."""
+    if isinstance(value, bool):
+        raise ValueError(_RATE_EXPECTED)
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str):
+        match = _RATE.fullmatch(value)
+        if match is None:
+            raise ValueError(_RATE_EXPECTED)
+        rate = float(match.group(1)) / _RATE_UNITS[match.group(2)]
+    else:
+        raise ValueError(_RATE_EXPECTED)
+    if not rate > 0:
+        raise ValueError("a rate above 0")
+    return rate
+
+
+def format_rate(per_second: float) -> str:
+    """The rate in the smallest unit that gives a whole count ("10000/min", not "166.66.../s")."""
+    for unit, size in (("s", 1.0), ("min", 60.0), ("h", 3600.0), ("day", 86400.0)):
+        count = per_second * size
+        if abs(count - round(count)) < 1e-9 * max(1.0, count):
+            return f"{round(count)}/{unit}"
+    return f"{per_second!r}/s"
+
+
+Rate = Annotated[float, BeforeValidator(parse_rate), PlainSerializer(format_rate, return_type=str)]
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inference-sidecar"
@@ -305,6 +349,10 @@ class ProxyConfig(Section):
     """More request header fields than this get 431."""
     max_url_bytes: Bytes = Field("8KiB", ge=256)  # type: ignore[assignment]
     """Longest request target (path and query); longer gets 414."""
+    request_header_timeout: PositiveDuration = 10.0
+    """Longest a client may take to send a request's header section, counted from its first byte
+    (or from connecting, for a connection's first request); then the connection is closed. This is
+    what ends slowloris attacks, which hold connections open by sending headers a byte at a time."""
     client_timeout: PositiveDuration = 60.0
     """Longest a client may stall: between chunks of its request body (then 408), or before
     accepting more response bytes (then the connection is closed). A stalled client must not
@@ -356,8 +404,9 @@ class TracingConfig(Section):
     """otlp: OTLP over HTTP/protobuf to `endpoint`; console: print spans (debugging)."""
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
     """OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OTel Collector)."""
-    headers: dict[str, str] = {}
-    """Extra HTTP headers on exports, e.g. an authorization header for a hosted collector."""
+    headers: dict[str, Secret] = {}
+    """Extra HTTP headers on exports, e.g. an authorization header for a hosted collector
+    (values are masked wherever the config is shown)."""
     timeout: PositiveDuration = 10.0
     """Per export request; exports run on a background thread and never hold up requests."""
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
@@ -479,11 +528,11 @@ class ElasticsearchSinkConfig(Section):
 
     url: str = ""
     """Elasticsearch base URL, e.g. https://es.internal:9200; several separated by commas."""
-    api_key: str = ""
+    api_key: Secret = ""
     """Encoded API key (the `encoded` value Elasticsearch returns); or use username/password."""
     username: str = ""
     """Basic authentication user, when no API key is given."""
-    password: str = ""
+    password: Secret = ""
     """Basic authentication password; prefer the environment (SIDECAR_AUDIT__ELASTICSEARCH__PASSWORD)."""
     ca_file: Path | None = None
     """CA bundle for TLS; empty: the system's."""
@@ -495,6 +544,11 @@ class ElasticsearchSinkConfig(Section):
     """Data stream logs-<dataset>-<namespace>, as Elastic's naming scheme asks."""
     namespace: str = "default"
     """Data stream namespace, e.g. the environment: prod, staging."""
+    per_tenant: bool = False
+    """Isolate tenants: each tenant's records go to a data stream of its own,
+    logs-<dataset>-<tenant> (the tenant lower-cased, other characters than a-z, 0-9 and _ as _), so
+    index privileges can grant an auditor one tenant. Records without a tenant go to `namespace`.
+    Off: one data stream, every record carrying its tenant in `organization.id`."""
     batch_size: int = Field(500, ge=1, le=100_000)
     """Events per bulk request."""
     batch_bytes: Bytes = Field("5MiB", ge=1024)  # type: ignore[assignment]
@@ -512,8 +566,19 @@ class ElasticsearchSinkConfig(Section):
 
     @property
     def target(self) -> str:
-        """The index or data stream bulk requests write to."""
+        """The index or data stream bulk requests write to (the default one under `per_tenant`)."""
         return self.index or f"logs-{self.dataset}-{self.namespace}"
+
+    @property
+    def read_target(self) -> str:
+        """What the auditor's commands search: every tenant's data stream under `per_tenant`."""
+        return f"logs-{self.dataset}-*" if self.per_tenant and not self.index else self.target
+
+    @model_validator(mode="after")
+    def _per_tenant_needs_data_streams(self) -> ElasticsearchSinkConfig:
+        if self.per_tenant and self.index:
+            raise ValueError("audit.elasticsearch.per_tenant needs data streams: leave audit.elasticsearch.index empty")
+        return self
 
 
 class AuditFileSinkConfig(Section):
@@ -780,11 +845,194 @@ class RulesConfig(Section):
         return self
 
 
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                       "ES256", "ES384", "ES512", "EdDSA"]  # fmt: skip
+
+
+class ApiKeysConfig(Section):
+    """API keys presented as `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+
+    file: Path | None = None
+    """YAML file of keys, each stored as its SHA-256 digest with tenant, user, tier and allowed models
+    (format in the security guide; `sidecar auth new-key` makes entries). Re-read on SIGHUP and
+    within a few seconds of a change."""
+
+
+class JwtConfig(Section):
+    """JSON Web Tokens presented as `Authorization: Bearer TOKEN`, verified with PyJWT."""
+
+    algorithms: list[JwtAlgorithm] = ["RS256", "ES256"]
+    """Accepted signature algorithms; a token naming any other (`none` included) is refused."""
+    secret: Secret = ""
+    """Shared secret for the HS* algorithms; prefer the environment (SIDECAR_AUTH__JWT__SECRET)."""
+    public_key_file: Path | None = None
+    """PEM public key for RS*, PS*, ES* and EdDSA tokens."""
+    jwks_file: Path | None = None
+    """Local JWKS file (`{"keys": [...]}`); the token's `kid` picks the key. Re-read with the key file."""
+    issuer: str = ""
+    """Required `iss`; empty: not checked."""
+    audience: list[str] = []
+    """Accepted `aud` values; empty: a token carrying `aud` is refused, as RFC 7519 asks."""
+    leeway: Duration = Field(30.0, le=600)
+    """Clock skew allowed on `exp`, `nbf` and `iat`."""
+    tenant_claim: str = "tenant"
+    """Claim naming the tenant (dotted for nested claims, e.g. `org.id`)."""
+    user_claim: str = "sub"
+    """Claim naming the user."""
+    tier_claim: str = "tier"
+    """Claim naming the rate-limit tier."""
+    models_claim: str = "models"
+    """Claim listing the models the caller may use; absent: every model."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.public_key_file or self.jwks_file)
+
+
+class FailureThrottleConfig(Section):
+    """Slows down credential guessing: a client IP with too many failed attempts is refused for a while."""
+
+    max_failures: int = Field(20, ge=0)
+    """Failed authentications allowed per client IP within `window`; then 429 until the window
+    passes. 0 turns the throttle off."""
+    window: PositiveDuration = 60.0
+    """The period over which failures are counted."""
+
+
+class AuthConfig(Section):
+    """Who is calling: API keys and JWTs on the proxy port. Off by default: every caller is then
+    anonymous, known by client IP."""
+
+    enabled: bool = False
+    """Require a valid API key or JWT on every proxied request (except `exempt_paths`)."""
+    api_keys: ApiKeysConfig = ApiKeysConfig()
+    jwt: JwtConfig = JwtConfig()
+    exempt_paths: list[UrlPath] = []
+    """Paths served without credentials (exact match, e.g. /health for a load balancer). A path with
+    dot segments, doubled or encoded slashes never matches."""
+    upstream_authorization: Literal["strip", "pass", "replace"] = "strip"
+    """What the model server gets in `Authorization`: strip: nothing (the client's credentials
+    stay with the sidecar); pass: the client's header unchanged; replace: `Bearer upstream_token`."""
+    upstream_token: Secret = ""
+    """Bearer token sent upstream with `upstream_authorization: replace`."""
+    realm: str = Field("inference-sidecar", pattern=r'^[^"\\\x00-\x1f]*$')
+    """The realm in `WWW-Authenticate` challenges."""
+    failure_throttle: FailureThrottleConfig = FailureThrottleConfig()
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthConfig:
+        if self.enabled and self.api_keys.file is None and not self.jwt.enabled:
+            raise ValueError(
+                "expected auth.api_keys.file, auth.jwt.secret, auth.jwt.public_key_file or auth.jwt.jwks_file "
+                "when auth.enabled is true: nothing to check credentials against"
+            )
+        hmac_algorithms = [name for name in self.jwt.algorithms if name.startswith("HS")]
+        key_algorithms = [name for name in self.jwt.algorithms if not name.startswith("HS")]
+        if self.jwt.secret and len(self.jwt.secret.encode()) < 32:
+            # RFC 7518 §3.2: an HMAC key at least as long as the hash; shorter ones can be brute-forced.
+            raise ValueError("expected auth.jwt.secret of at least 32 bytes (RFC 7518 §3.2); it is shorter")
+        if self.jwt.secret and not hmac_algorithms:
+            raise ValueError("auth.jwt.secret is set but auth.jwt.algorithms names no HS* algorithm to use it with")
+        if (self.jwt.public_key_file or self.jwt.jwks_file) and not key_algorithms:
+            raise ValueError(
+                "auth.jwt.public_key_file or jwks_file is set but auth.jwt.algorithms names only HS* algorithms"
+            )
+        if self.upstream_authorization == "replace" and not self.upstream_token:
+            raise ValueError("expected auth.upstream_token when auth.upstream_authorization is replace")
+        return self
+
+
+class TierConfig(Section):
+    """One rate-limit tier: token buckets per tenant, by requests and by model tokens."""
+
+    requests: Rate | None = None
+    """Sustained request rate per tenant: 10/s, 60/min, 10000/min. Empty: unlimited."""
+    request_burst: int | None = Field(None, ge=1)
+    """Requests a tenant may make at once after being idle; empty: one second's worth, at least 1."""
+    tokens: Rate | None = None
+    """Sustained model tokens (input + output) per tenant, charged when each answer reports them."""
+    token_burst: int | None = Field(None, ge=1)
+    """Tokens a tenant may use at once after being idle; empty: one minute's worth."""
+    concurrent_streams: int | None = Field(None, ge=1)
+    """Streamed model answers one tenant may have open at once; more get 429."""
+
+
+class LimitsConfig(Section):
+    """Per-tenant rate limits, held in this process (see the security guide for fleets)."""
+
+    enabled: bool = False
+    """Enforce the tiers below; refused requests get 429 with Retry-After and rate-limit headers."""
+    tiers: dict[str, TierConfig] = {}
+    """Tiers by name, e.g. free: {requests: 60/min}, paid: {requests: 10000/min}."""
+    per: Literal["tenant", "credential"] = "tenant"
+    """Whose bucket a request draws on: its tenant's (all of a tenant's keys and tokens share it), or
+    its credential's (each API key, or each JWT subject, has its own)."""
+    default_tier: str = ""
+    """Tier for callers whose credentials name none, and for anonymous callers (keyed by client
+    IP). Empty: such callers are not limited."""
+    max_tracked: int = Field(100_000, ge=100)
+    """Tenants and client IPs whose buckets are kept; past it the least recently seen are forgotten
+    (a forgotten bucket starts full again)."""
+
+    @model_validator(mode="after")
+    def _default_tier_exists(self) -> LimitsConfig:
+        if self.default_tier and self.default_tier not in self.tiers:
+            known = ", ".join(sorted(self.tiers)) or "none configured"
+            raise ValueError(f"limits.default_tier {self.default_tier!r} is not a tier in limits.tiers ({known})")
+        return self
+
+
+class AdminTlsConfig(Section):
+    """TLS on the admin listener; with `client_ca_file`, mutual TLS."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain the admin listener presents."""
+    key_file: Path | None = None
+    """PEM private key of `cert_file`."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mTLS)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> AdminTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("expected both admin.tls.cert_file and admin.tls.key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("admin.tls.client_ca_file (mTLS) needs admin.tls.cert_file and key_file")
+        return self
+
+
 class AdminConfig(Section):
     """The operators' listener, separate from the proxy."""
 
     listen: ListenAddressField = "127.0.0.1:9180"  # type: ignore[assignment]
-    """/metrics, /-/healthy and /-/ready. Keep it off the client network."""
+    """/metrics, /-/healthy, /-/ready, the status page and the effective config. Loopback by default;
+    any other address needs `token` or mutual TLS, or the sidecar refuses to start."""
+    token: Secret = ""
+    """Bearer token every admin request must carry (`Authorization: Bearer TOKEN`), except `open_paths`.
+    Prefer the environment (SIDECAR_ADMIN__TOKEN)."""
+    open_paths: list[UrlPath] = ["/-/healthy", "/-/ready"]
+    """Admin paths served without the token, for probes that cannot send one; add /metrics to let
+    Prometheus scrape without it."""
+    tls: AdminTlsConfig = AdminTlsConfig()
+
+    @property
+    def protected(self) -> bool:
+        """Whether a caller must prove who it is: a token, or a client certificate."""
+        return bool(self.token) or self.tls.client_ca_file is not None
+
+    @model_validator(mode="after")
+    def _closed_off_loopback(self) -> AdminConfig:
+        if not self.listen.is_loopback and not self.protected:
+            raise ValueError(
+                f"admin.listen {self.listen} is not a loopback address, so the admin port (metrics, config, "
+                "alerts) would be open to the network: set admin.token (or SIDECAR_ADMIN__TOKEN), or "
+                "admin.tls.client_ca_file for mutual TLS, or listen on 127.0.0.1"
+            )
+        return self
 
 
 class LogConfig(Section):
@@ -819,6 +1067,8 @@ class Config(Section):
     gpu: GpuConfig = GpuConfig()
     audit: AuditConfig = AuditConfig()
     rules: RulesConfig = RulesConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -1162,5 +1412,59 @@ def _format_default(kind: str, value: Any) -> Any:
 
 
 def effective_config(config: Config) -> dict[str, Any]:
-    """The config as plain JSON-able values, in the units an operator writes."""
+    """The config as plain JSON-able values, in the units an operator writes (secrets included)."""
     return config.model_dump(mode="json", by_alias=True)
+
+
+MASK = "********"
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+
+def masked_config(config: Config) -> dict[str, Any]:
+    """The effective config for showing: every secret set is replaced by a mask, and passwords in
+    URLs (https://user:pass@host) too. An empty secret stays empty, so one can see it is unset."""
+    return _mask(config, effective_config(config))
+
+
+def _mask(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
+    for name, info in type(model).model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        value, raw = data[key], getattr(model, name)
+        if _is_secret(info):
+            data[key] = _masked_value(value)
+        elif isinstance(raw, BaseModel) and isinstance(value, dict):
+            _mask(raw, value)
+        elif isinstance(raw, list) and isinstance(value, list):
+            data[key] = [_mask(item, part) if isinstance(item, BaseModel) else _unpassword(part)
+                         for item, part in zip(raw, value, strict=True)]  # fmt: skip
+        elif isinstance(raw, dict) and isinstance(value, dict):
+            data[key] = {k: _mask(raw[k], v) if isinstance(raw.get(k), BaseModel) else _unpassword(v)
+                         for k, v in value.items()}  # fmt: skip
+        else:
+            data[key] = _unpassword(value)
+    return data
+
+
+def _is_secret(info: Any) -> bool:
+    """A `Secret` field, or a container of them (dict[str, Secret])."""
+    if SECRET_MARKER in info.metadata:
+        return True
+    pending = [info.annotation]
+    while pending:
+        annotation = pending.pop()
+        if SECRET_MARKER in getattr(annotation, "__metadata__", ()):
+            return True
+        pending.extend(get_args(annotation))
+    return False
+
+
+def _masked_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: MASK if item else item for key, item in value.items()}
+    return MASK if value else value
+
+
+def _unpassword(value: Any) -> Any:
+    return _URL_PASSWORD.sub(rf"\1:{MASK}@", value) if isinstance(value, str) and "@" in value else value

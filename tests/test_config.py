@@ -54,7 +54,7 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_their_paths(tmp_path)
 
 def test_unknown_section_lists_the_sections(tmp_path):
     (found,) = problems(write(tmp_path, "upstreams:\n  url: http://x:1\n"), env={})
-    assert "upstreams: unknown key; expected one of: admin, audit, data_dir, gpu, instance_id, llm, log, metrics, proxy, rules, runtime, tracing, upstream" in found
+    assert "upstreams: unknown key; expected one of: admin, audit, auth, data_dir, gpu, instance_id, limits, llm, log, metrics, proxy, rules, runtime, tracing, upstream" in found
     assert "did you mean 'upstream'" in found
 
 
