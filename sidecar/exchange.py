@@ -44,6 +44,9 @@ class Principal:
     user: str | None = None
     tier: str | None = None
     auth_method: str = "none"
+    """none, api_key or jwt."""
+    credential_id: str | None = None
+    """The API key's id or the JWT's `jti`: names the credential, never holds it."""
 
     @property
     def is_anonymous(self) -> bool:

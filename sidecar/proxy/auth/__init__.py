@@ -1,0 +1,1 @@
+"""Authentication on the proxy port: API keys and JWTs (see `authenticator`)."""
