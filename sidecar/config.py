@@ -265,6 +265,15 @@ def format_rate(per_second: float) -> str:
 Rate = Annotated[float, BeforeValidator(parse_rate), PlainSerializer(format_rate, return_type=str)]
 
 
+def _empty_is_unset(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_unset)]
+"""A file or directory that may be left unset; an empty string (`""`, or an empty environment
+variable) means unset, not the current directory."""
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inference-sidecar"
@@ -534,7 +543,7 @@ class ElasticsearchSinkConfig(Section):
     """Basic authentication user, when no API key is given."""
     password: Secret = ""
     """Basic authentication password; prefer the environment (SIDECAR_AUDIT__ELASTICSEARCH__PASSWORD)."""
-    ca_file: Path | None = None
+    ca_file: OptionalPath = None
     """CA bundle for TLS; empty: the system's."""
     verify_certs: bool = True
     """Check the server's TLS certificate; turn off only for a test cluster."""
@@ -584,7 +593,7 @@ class ElasticsearchSinkConfig(Section):
 class AuditFileSinkConfig(Section):
     """JSON Lines files, the sink when no Elasticsearch is configured."""
 
-    directory: Path | None = None
+    directory: OptionalPath = None
     """Where the files go; empty: <data_dir>/audit/events."""
     max_file_size: Bytes = Field("128MiB", ge=64 << 10)  # type: ignore[assignment]
     """A file is closed and a new one started past this size. Files are never deleted by the
@@ -609,7 +618,7 @@ class RedactionConfig(Section):
     """Name -> regular expression; matches are replaced and tagged with the name."""
     replacement: Literal["tag", "keyed_hash"] = "tag"
     """tag: [REDACTED:email]; keyed_hash: [email:<HMAC>] so equal values stay correlatable."""
-    hash_key_file: Path | None = None
+    hash_key_file: OptionalPath = None
     """Key for keyed_hash; empty: a random key kept in <data_dir>/audit/redaction.key."""
 
 
@@ -618,10 +627,10 @@ class CheckpointConfig(Section):
 
     interval: PositiveDuration = 60.0
     """Time between checkpoints (one is also written at start and stop)."""
-    signing_key_file: Path | None = None
+    signing_key_file: OptionalPath = None
     """Ed25519 private key (PEM, PKCS#8); empty: generated once in <data_dir>/audit/checkpoint.key,
     with its public key beside it (checkpoint.pub) to hand to auditors."""
-    hmac_key_file: Path | None = None
+    hmac_key_file: OptionalPath = None
     """Sign with HMAC-SHA256 and this shared key instead of Ed25519."""
 
 
@@ -819,7 +828,7 @@ class RulesConfig(Section):
     """Where alerts link to (generatorURL, externalURL); empty: the admin listener's status page."""
     external_labels: dict[str, str] = {}
     """Labels added to every alert (instance is always added: instance_id)."""
-    state_file: Path | None = None
+    state_file: OptionalPath = None
     """Windows and alert states, saved so a restart keeps the error budget and active alerts;
     empty: <data_dir>/rules/state.json."""
     state_save_interval: PositiveDuration = 10.0
@@ -852,7 +861,7 @@ JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS
 class ApiKeysConfig(Section):
     """API keys presented as `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
 
-    file: Path | None = None
+    file: OptionalPath = None
     """YAML file of keys, each stored as its SHA-256 digest with tenant, user, tier and allowed models
     (format in the security guide; `sidecar auth new-key` makes entries). Re-read on SIGHUP and
     within a few seconds of a change."""
@@ -865,9 +874,9 @@ class JwtConfig(Section):
     """Accepted signature algorithms; a token naming any other (`none` included) is refused."""
     secret: Secret = ""
     """Shared secret for the HS* algorithms; prefer the environment (SIDECAR_AUTH__JWT__SECRET)."""
-    public_key_file: Path | None = None
+    public_key_file: OptionalPath = None
     """PEM public key for RS*, PS*, ES* and EdDSA tokens."""
-    jwks_file: Path | None = None
+    jwks_file: OptionalPath = None
     """Local JWKS file (`{"keys": [...]}`); the token's `kid` picks the key. Re-read with the key file."""
     issuer: str = ""
     """Required `iss`; empty: not checked."""
@@ -985,11 +994,11 @@ class LimitsConfig(Section):
 class AdminTlsConfig(Section):
     """TLS on the admin listener; with `client_ca_file`, mutual TLS."""
 
-    cert_file: Path | None = None
+    cert_file: OptionalPath = None
     """PEM certificate chain the admin listener presents."""
-    key_file: Path | None = None
+    key_file: OptionalPath = None
     """PEM private key of `cert_file`."""
-    client_ca_file: Path | None = None
+    client_ca_file: OptionalPath = None
     """PEM CA bundle: clients must present a certificate it signed (mTLS)."""
 
     @property

@@ -193,3 +193,11 @@ def test_type_errors_say_what_to_write(tmp_path):
     assert f"{tmp_path / 'sidecar.yaml'}:1:8: proxy: got 5; expected a mapping of keys" in found
     (size,) = problems(None, env={"SIDECAR_PROXY__MAX_URL_BYTES": "big"})
     assert size.endswith("got 'big'; expected a size such as 64MiB, 10MB, 512KiB or a number of bytes")
+
+
+def test_an_empty_path_means_unset_not_the_current_directory(tmp_path):
+    path = write(tmp_path, 'audit:\n  checkpoint:\n    signing_key_file: ""\nauth:\n  api_keys:\n    file: ""\n')
+    config = load_config(path, env={"SIDECAR_RULES__STATE_FILE": ""})
+    assert config.audit.checkpoint.signing_key_file is None
+    assert config.auth.api_keys.file is None
+    assert config.rules.state_file is None
