@@ -133,7 +133,7 @@ async def _verify_async(args: argparse.Namespace) -> int:
         documents: Iterable[dict[str, Any]] = list(read_documents(audit_files(args.file), problems))
     else:
         es = _es_config(args)
-        documents = await _collect(_es_documents(es, args.index or es.target, args.instance))
+        documents = await _collect(_es_documents(es, args.index or es.read_target, args.instance))
     report = verify_documents(
         documents,
         verifier=verifier,
@@ -216,9 +216,9 @@ async def _search_async(args: argparse.Namespace) -> int:
     )
     client = create_client(es)
     try:
-        documents = await search_documents(client, args.index or es.target, query, args.size)
+        documents = await search_documents(client, args.index or es.read_target, query, args.size)
     except NotFoundError:
-        raise _UsageError(f"--index: {args.index or es.target} not found at {es.url}") from None
+        raise _UsageError(f"--index: {args.index or es.read_target} not found at {es.url}") from None
     except TransportError as exc:
         raise _UsageError(f"--es: cannot reach {es.url}: {exc}") from None
     finally:
@@ -256,13 +256,13 @@ async def _replay_async(args: argparse.Namespace) -> int:
     from elasticsearch.exceptions import TransportError
     from elasticsearch.helpers import async_streaming_bulk
 
-    from sidecar.audit.elastic import create_client, replay_actions
+    from sidecar.audit.elastic import create_client, replay_actions, target_router
     from sidecar.audit.sinks import audit_files
 
     if not args.file.exists():
         raise _UsageError(f"--file: {args.file} does not exist")
     es = _es_config(args)
-    target = args.index or es.target
+    target = args.index or target_router(es)
     counts = {"created": 0, "already stored": 0, "failed": 0}
     failures: list[str] = []
 
@@ -302,7 +302,7 @@ async def _replay_async(args: argparse.Namespace) -> int:
         raise _UsageError(f"--file: {exc}") from None
     finally:
         await client.close()
-    print(", ".join(f"{count} {what}" for what, count in counts.items()) + f" into {target}")
+    print(", ".join(f"{count} {what}" for what, count in counts.items()) + f" into {args.index or es.read_target}")
     for failure in failures:
         print(f"  failed: {failure}", file=sys.stderr)
     return EXIT_OK if counts["failed"] == 0 else EXIT_FINDINGS

@@ -22,10 +22,12 @@ same way.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError
@@ -61,6 +63,36 @@ def create_client(config: ElasticsearchSinkConfig, url: str | None = None) -> As
     return AsyncElasticsearch(hosts, **options)
 
 
+_TENANT = re.compile(rb'"organization":\{"id":"((?:[^"\\]|\\.)*)"')
+_NOT_NAMESPACE = re.compile(r"[^a-z0-9_]")
+
+
+def tenant_namespace(tenant: str) -> str:
+    """A tenant as a data stream namespace: lower case, a-z 0-9 _ only, at most 100 bytes."""
+    return _NOT_NAMESPACE.sub("_", tenant.lower())[:100] or "_"
+
+
+def target_router(config: ElasticsearchSinkConfig) -> Callable[[bytes], str]:
+    """Which index or data stream a stored record goes to."""
+    default = config.target
+    if not config.per_tenant or config.index:
+        return lambda record: default
+    prefix = f"logs-{config.dataset}-"
+
+    def route(record: bytes) -> str:
+        # Records are canonical JSON (sorted keys, no spaces), so the tenant is found without parsing.
+        match = _TENANT.search(record)
+        if match is None:
+            return default
+        try:
+            tenant = json.loads(b'"' + match.group(1) + b'"')
+        except ValueError:
+            return default
+        return prefix + tenant_namespace(tenant)
+
+    return route
+
+
 class ElasticSink:
     name = "elasticsearch"
 
@@ -74,6 +106,7 @@ class ElasticSink:
     ) -> None:
         self.config = config
         self.target = config.target
+        self._route = target_router(config)
         self.dead_letters = dead_letters
         self._client = client or create_client(config)
         self._initial_backoff = initial_backoff
@@ -123,10 +156,11 @@ class ElasticSink:
         retry: list[str] = []
         dead: list[tuple[bytes, int | str, Any]] = []
         answered: set[str] = set()
-        target = self.target
+        route = self._route
 
         def expand(doc_id: str) -> tuple[dict[str, Any], bytes]:
-            return {"create": {"_index": target, "_id": doc_id}}, pending[doc_id]
+            record = pending[doc_id]
+            return {"create": {"_index": route(record), "_id": doc_id}}, record
 
         try:
             async for ok, item in async_streaming_bulk(
@@ -298,8 +332,10 @@ async def all_documents(
         after = hits[-1]["sort"]
 
 
-def replay_actions(target: str, records: Iterable[bytes]) -> Iterable[dict[str, Any]]:
-    """Bulk `create` actions for stored JSON Lines records, with the same ids the sink uses."""
+def replay_actions(target: str | Callable[[bytes], str], records: Iterable[bytes]) -> Iterable[dict[str, Any]]:
+    """Bulk `create` actions for stored JSON Lines records, with the same ids (and, given the
+    sink's router, the same targets) the sink uses."""
+    route = target if callable(target) else (lambda record: target)
     for record in records:
-        yield {"_op_type": "create", "_index": target, "_id": document_id(record), "_source": record}
+        yield {"_op_type": "create", "_index": route(record), "_id": document_id(record), "_source": record}
 

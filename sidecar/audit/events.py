@@ -54,6 +54,13 @@ def _base(identity: AuditIdentity, timestamp: float) -> dict[str, Any]:
     }
 
 
+# Refused credentials are authentication events too, so an auditor's `event.category:authentication`
+# query finds every failed login, whatever the request was.
+_AUTH_ERRORS = frozenset({"unauthenticated", "forbidden"})
+_AUTH_CATEGORIES = ("web", "authentication")
+_WEB_CATEGORIES = ("web",)
+
+
 def _event_outcome(exchange: Exchange) -> str:
     if exchange.outcome is Outcome.CLIENT_CLOSED and exchange.status < 400 or exchange.status == 499:
         return "unknown"
@@ -109,7 +116,7 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
     doc["message"] = f"{exchange.method} {exchange.path} {exchange.status}"
     doc["event"] = {
         "kind": "event",
-        "category": ["web"],
+        "category": list(_AUTH_CATEGORIES if exchange.error_type in _AUTH_ERRORS else _WEB_CATEGORIES),
         "type": _event_types(exchange),
         "action": "model-call" if gen_ai is not None else "http-request",
         "outcome": _event_outcome(exchange),
@@ -154,6 +161,7 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
     sidecar["auth"] = {
         "method": principal.auth_method,
         "tier": principal.tier,
+        "credential_id": principal.credential_id,
     }
     sidecar["timing"] = {
         "upstream_response_start_ms": _ms(exchange.upstream_response_start_s),

@@ -43,7 +43,7 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("data_stream.namespace", "constant_keyword", "`audit.elasticsearch.namespace`, default `default`."),
     AuditField("event.kind", _KEYWORD, "`event` for requests and lifecycle events, `state` for checkpoints, "
                "`alert` for alerts firing and resolving."),
-    AuditField("event.category", _KEYWORD, "ECS categories: `web` for requests, `configuration`, `process`."),
+    AuditField("event.category", _KEYWORD, "ECS categories: `web` for requests (plus `authentication` for refused credentials), `configuration`, `process`."),
     AuditField("event.type", _KEYWORD, "ECS types: `access`, `error`, `denied`, `change`, `start`, `end`, `info`."),
     AuditField(
         "event.action",
@@ -104,6 +104,9 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.upstream.status_code", "long", "Status the model server answered."),
     AuditField("sidecar.auth.method", _KEYWORD, "`none`, `api_key` or `jwt`."),
     AuditField("sidecar.auth.tier", _KEYWORD, "Caller's tier (rate-limit class)."),
+    AuditField(
+        "sidecar.auth.credential_id", _KEYWORD, "The API key's id or the JWT's `jti`: names the credential, never holds it."
+    ),
     AuditField("sidecar.timing.upstream_response_start_ms", "float", "Request start to model server's headers."),
     AuditField("sidecar.timing.first_byte_ms", "float", "Request start to response headers sent to the client."),
     AuditField("sidecar.timing.time_to_first_token_ms", "float", "Request start to first content chunk (streams)."),

@@ -17,10 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sidecar.audit.elastic import target_router
 from sidecar.audit.pipeline import AuditPipeline
 from sidecar.audit.verify import verify_documents
-from tests.conftest import RunningSidecar, SidecarFactory
+from sidecar.config import ElasticsearchSinkConfig
 from sidecar.testing.elastic import ElasticsearchStandIn
+from tests.conftest import RunningSidecar, SidecarFactory
+from tests.support.credentials import make_credentials
 from tests.support.tools import wait_for
 from tests.support.upstream import TestUpstream
 
@@ -213,3 +216,36 @@ async def test_fail_closed_answers_503_until_there_is_room(
     documents = elastic.documents(TARGET)
     assert len(_requests(documents)) == sum(served.values()) + 1 + 50
     _assert_chain_intact(documents)
+
+
+def test_tenants_map_to_data_stream_namespaces() -> None:
+    config = ElasticsearchSinkConfig(per_tenant=True, dataset="sidecar.audit", namespace="prod")
+    route = target_router(config)
+    assert route(b'{"message":"x","organization":{"id":"Acme Corp"}}') == "logs-sidecar.audit-acme_corp"
+    assert route(b'{"organization":{"id":"t\\"x"}}') == "logs-sidecar.audit-t_x"
+    assert route(b'{"message":"no tenant"}') == "logs-sidecar.audit-prod"
+    assert config.read_target == "logs-sidecar.audit-*"
+    assert target_router(ElasticsearchSinkConfig(namespace="prod"))(b'{"organization":{"id":"a"}}') == "logs-sidecar.audit-prod"
+
+
+async def test_per_tenant_data_streams_hold_each_tenants_records_and_the_chain_spans_them(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, elastic: ElasticsearchStandIn, tmp_path: Path
+) -> None:
+    credentials = make_credentials(tmp_path / "credentials")
+    running = await _start(make_sidecar, upstream, elastic, audit__elasticsearch__per_tenant=True, **credentials.auth_settings())
+    async with aiohttp.ClientSession() as client:
+        for key_id, count in (("acme-1", 3), ("globex-1", 2)):
+            for n in range(count):
+                async with client.get(f"{running.url}/echo/{n}", headers={"X-API-Key": credentials.keys[key_id]}) as response:
+                    assert response.status == 200
+        async with client.get(f"{running.url}/echo/anonymous") as response:
+            assert response.status == 401
+    pipeline = _pipeline(running)
+    await _drained(pipeline)
+    await running.sidecar.stop()
+    acme, globex = elastic.documents("logs-sidecar.audit-acme"), elastic.documents("logs-sidecar.audit-globex")
+    assert [doc["organization"]["id"] for doc in _requests(acme)] == ["acme"] * 3
+    assert [doc["organization"]["id"] for doc in _requests(globex)] == ["globex"] * 2
+    default = elastic.documents(TARGET)
+    assert [doc["http"]["response"]["status_code"] for doc in _requests(default)] == [401]
+    _assert_chain_intact(elastic.documents("logs-sidecar.audit-*"))
