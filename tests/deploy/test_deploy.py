@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from sidecar import cli
-from sidecar.config import Config, load_config, parse_duration
+from sidecar.config import Config, ConfigError, load_config, parse_duration
 from tests.support.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,13 +47,23 @@ TOOL_TIMEOUT_S = 60
 KUBERNETES_VERSION = "1.29.0"
 CONTAINER_CONFIG_PATH = "/etc/inference-sidecar/sidecar.yaml"
 
-# Every sidecar config in deploy/ must pass `sidecar check-config`.
+# Every sidecar config in deploy/ must pass `sidecar check-config` with the environment its
+# deployment gives it: credentials, the admin token among them, come from there, never the file.
 SIDECAR_CONFIGS = [
     DEPLOY / "example-config.yaml",
     COMPOSE_DIR / "sidecar.yaml",
     DEPLOY / "systemd" / "sidecar.yaml",
     DEPLOY / "docker" / "sidecar.yaml",
 ]
+KUBERNETES_CONFIG = "kubernetes-configmap"  # the ConfigMap's sidecar.yaml, written to a file by the tests
+
+# What an operator's secret store holds where a deployment ships only a placeholder.
+STAND_IN_TOKEN = "stand-in-admin-token-0123456789abcdef"
+# `docker run -e SIDECAR_ADMIN__TOKEN=...`, as docs/deploy.md says: the image's config binds
+# the admin listener to every interface and holds no token.
+DOCKER_RUN_ENVIRONMENT = {"SIDECAR_ADMIN__TOKEN": STAND_IN_TOKEN}
+# What the operator exports before `docker compose up` (deploy/compose/.env explains).
+COMPOSE_SHELL = {"SIDECAR_ADMIN_TOKEN": STAND_IN_TOKEN}
 
 
 def _rel(path: Path) -> str:
@@ -113,18 +123,58 @@ def _kubernetes_sidecar_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", [*SIDECAR_CONFIGS, "kubernetes-configmap"], ids=lambda p: p if isinstance(p, str) else _rel(p))
-def test_sidecar_configs_pass_check_config(path: Path | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if path == "kubernetes-configmap":
-        path = _kubernetes_sidecar_config(tmp_path)
-    status = cli.main(["check-config", "--no-env", str(path)])
+def _deployed_config(config: Path | str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A sidecar config file and the SIDECAR_* environment its deployment runs it with."""
+    if config == KUBERNETES_CONFIG:
+        return _kubernetes_sidecar_config(tmp_path), _kubernetes_environment()
+    assert isinstance(config, Path)
+    environments = {
+        DEPLOY / "example-config.yaml": {},
+        COMPOSE_DIR / "sidecar.yaml": _compose_environment("sidecar"),
+        DEPLOY / "systemd" / "sidecar.yaml": {},  # sidecar.env is optional (EnvironmentFile=-)
+        DEPLOY / "docker" / "sidecar.yaml": DOCKER_RUN_ENVIRONMENT,
+    }
+    environment = {name: value for name, value in environments[config].items() if name.startswith("SIDECAR_")}
+    return config, environment
+
+
+_DEPLOYED_CONFIGS = pytest.mark.parametrize(
+    "config", [*SIDECAR_CONFIGS, KUBERNETES_CONFIG], ids=lambda p: p if isinstance(p, str) else _rel(p)
+)
+
+
+@_DEPLOYED_CONFIGS
+def test_sidecar_configs_pass_check_config(
+    config: Path | str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, environment = _deployed_config(config, tmp_path)
+    for name in [name for name in os.environ if name.startswith("SIDECAR_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    status = cli.main(["check-config", str(path)])
     captured = capsys.readouterr()
-    assert status == 0, f"sidecar check-config {path}:\n{captured.err}"
+    assert status == 0, f"sidecar check-config {path} with {sorted(environment)}:\n{captured.err}"
     assert ": OK: " in captured.out
 
 
+@_DEPLOYED_CONFIGS
+def test_the_admin_token_comes_from_the_environment_never_a_file(config: Path | str, tmp_path: Path) -> None:
+    path, environment = _deployed_config(config, tmp_path)
+    admin = (_load_yaml(path) or {}).get("admin") or {}
+    assert not admin.get("token"), f"{path}: admin.token is a secret; pass it as SIDECAR_ADMIN__TOKEN"
+    deployed = load_config(path, env=environment)
+    if deployed.admin.listen.is_loopback:
+        return
+    assert deployed.admin.token == environment["SIDECAR_ADMIN__TOKEN"]
+    # The file alone must not start an open admin port: the sidecar refuses, and says why.
+    with pytest.raises(ConfigError, match="SIDECAR_ADMIN__TOKEN"):
+        load_config(path, env={})
+
+
 def _model_keys(model: type, prefix: str = "") -> Iterator[str]:
-    """Every key path of a config section; list items of sections as `key[]`."""
+    """Every key path of a config section; list items of sections as `key[]`, and the
+    sections in a mapping by name (limits.tiers, gpu.cost.cloud_prices) as `key.*`."""
     from pydantic import BaseModel
 
     for name, info in model.model_fields.items():
@@ -134,32 +184,40 @@ def _model_keys(model: type, prefix: str = "") -> Iterator[str]:
             yield from _model_keys(annotation, path + ".")
             continue
         yield path
-        item = getattr(annotation, "__args__", (None,))[0] if getattr(annotation, "__origin__", None) is list else None
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            yield from _model_keys(item, path + "[].")
+        origin, arguments = getattr(annotation, "__origin__", None), getattr(annotation, "__args__", ())
+        item, marker = {list: (arguments[:1], "[]."), dict: (arguments[1:], ".*.")}.get(origin, ((), ""))
+        if item and isinstance(item[0], type) and issubclass(item[0], BaseModel):
+            yield from _model_keys(item[0], path + marker)
 
 
-def _document_keys(value: Any, prefix: str = "") -> Iterator[str]:
+def _document_keys(value: Any, sections_by_name: set[str], prefix: str = "") -> Iterator[str]:
     if isinstance(value, dict):
         for key, child in value.items():
             path = f"{prefix}{key}"
             yield path
-            if not (isinstance(child, dict) and _is_free_mapping(path)):
-                yield from _document_keys(child, path + ".")
+            if isinstance(child, dict) and path in sections_by_name:
+                for section in child.values():  # the keys are names; each value is a section
+                    yield from _document_keys(section, sections_by_name, path + ".*.")
+            elif not (isinstance(child, dict) and _is_free_mapping(path)):
+                yield from _document_keys(child, sections_by_name, path + ".")
     elif isinstance(value, list):
         for item in value:
-            yield from _document_keys(item, prefix[:-1] + "[].")
+            yield from _document_keys(item, sections_by_name, prefix[:-1] + "[].")
 
 
 def _is_free_mapping(path: str) -> bool:
-    # Mappings whose keys are data (model names, label names), not config keys.
-    return bool(re.search(r"(cloud_prices|labels|annotations|headers|resource_attributes|custom)$", path))
+    # Mappings whose keys are data (label names, attribute names), not config keys.
+    return bool(re.search(r"(labels|annotations|headers|resource_attributes|custom)$", path))
 
 
 def test_example_config_shows_every_key() -> None:
     example = _load_yaml(DEPLOY / "example-config.yaml")
-    shown = set(_document_keys(example))
-    missing = [key for key in _model_keys(Config) if key not in shown]
+    keys = list(_model_keys(Config))
+    sections_by_name = {key.split(".*.")[0] for key in keys if ".*." in key}
+    assert {"limits.tiers", "gpu.cost.cloud_prices"} <= sections_by_name
+    shown = set(_document_keys(example, sections_by_name))
+    # A mapping of sections shows each section key in at least one of its entries.
+    missing = [key for key in keys if key not in shown]
     assert not missing, f"deploy/example-config.yaml is the full example; it lacks {missing}"
 
 
@@ -292,8 +350,11 @@ def test_dockerfile_final_stages_run_unprivileged_and_serve(stage: str) -> None:
     assert {"8080", "9180"} <= set(exposed)
     assert _exec_form(_effective(stage, "ENTRYPOINT", stages) or "null") == ["sidecar"]
     volumes = _exec_form(_effective(stage, "VOLUME", stages) or "null")
-    data_dir = str(load_config(DEPLOY / "docker" / "sidecar.yaml", env={}).data_dir)
-    assert volumes == [data_dir], "the image's data_dir is its volume"
+    config = load_config(DEPLOY / "docker" / "sidecar.yaml", env=DOCKER_RUN_ENVIRONMENT)
+    assert volumes == [str(config.data_dir)], "the image's data_dir is its volume"
+    # The health check sends no admin token: its path must be one served without it.
+    (health_path,) = re.findall(r"127\.0\.0\.1:9180(/[^'\"\s)]*)", healthcheck)
+    assert health_path in config.admin.open_paths
 
 
 def test_dockerfile_runtime_runs_the_images_config() -> None:
@@ -304,9 +365,9 @@ def test_dockerfile_runtime_runs_the_images_config() -> None:
     copies = [a for s in _lineage("runtime", stages) for a in s.all("COPY")]
     assert f"deploy/docker/sidecar.yaml {CONTAINER_CONFIG_PATH}" in copies
     # Listener addresses come from that file, not from SIDECAR_* variables, which would
-    # override a config file mounted over it.
+    # override a config file mounted over it. And no admin token is baked into the image.
     assert "SIDECAR_PROXY__" not in env and "SIDECAR_ADMIN__" not in env and "SIDECAR_DATA_DIR" not in env
-    config = load_config(DEPLOY / "docker" / "sidecar.yaml", env={})
+    config = load_config(DEPLOY / "docker" / "sidecar.yaml", env=DOCKER_RUN_ENVIRONMENT)
     assert (config.proxy.listen.host, config.proxy.listen.port) == ("0.0.0.0", 8080)
     assert (config.admin.listen.host, config.admin.listen.port) == ("0.0.0.0", 9180)
 
@@ -375,6 +436,49 @@ def _compose() -> dict[str, Any]:
     return _load_yaml(COMPOSE_FILE)
 
 
+def _compose_dotenv() -> dict[str, str]:
+    """deploy/compose/.env, which docker compose reads for its variables."""
+    return dict(
+        line.split("=", 1)
+        for line in (COMPOSE_DIR / ".env").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+_COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
+
+
+def _compose_interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's substitution: $$, $NAME, ${NAME}, ${NAME:-default}, ${NAME:?error}, and the
+    forms without the colon (which treat an empty value as set). KeyError: a required one is missing."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, argument = match.group("name") or match.group("bare"), match.group("op"), match.group("arg")
+        value = variables.get(name)
+        missing = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op is not None and op.endswith("?") and missing:
+            raise KeyError(f"{name}: {argument}")
+        if op is not None and op.endswith("-") and missing:
+            return argument
+        return value or ""
+
+    return _COMPOSE_VARIABLE.sub(substitute, text)
+
+
+def _compose_environment(service: str, shell: Mapping[str, str] = COMPOSE_SHELL) -> dict[str, str]:
+    """A service's `environment` as docker compose passes it: variables from .env, then the shell's."""
+    environment = _compose()["services"][service].get("environment", {})
+    assert isinstance(environment, dict), f"service {service}: write `environment` as a mapping"
+    variables = {**_compose_dotenv(), **shell}
+    return {name: _compose_interpolate(str(value), variables) for name, value in environment.items()}
+
+
+def _compose_sidecar_config(service: str = "sidecar") -> Config:
+    return load_config(COMPOSE_DIR / "sidecar.yaml", env=_compose_environment(service))
+
+
 def _compose_validator() -> Any:
     import jsonschema
 
@@ -397,9 +501,10 @@ def test_the_compose_schema_check_catches_mistakes() -> None:
     assert len(list(_compose_validator().iter_errors(broken))) >= 2
 
 
-def _docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+def _docker_compose(*args: str, shell: Mapping[str, str] = COMPOSE_SHELL) -> subprocess.CompletedProcess[str]:
     tool = require_tool("docker-compose")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in COMPOSE_SHELL}
+    env.update(shell)
     return subprocess.run(
         [tool, *args], cwd=COMPOSE_DIR, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
     )
@@ -419,10 +524,22 @@ def test_docker_compose_accepts_the_stack(files: list[str]) -> None:
     merged = yaml.safe_load(result.stdout)
     assert {"demo-model", "vllm", "sidecar", "elasticsearch", "kibana", "kibana-init", "prometheus",
             "alertmanager", "grafana", "otel-collector", "jaeger", "es-setup"} <= set(merged["services"])  # fmt: skip
+    sidecar = merged["services"]["sidecar"]
+    assert sidecar["environment"]["SIDECAR_ADMIN__TOKEN"] == STAND_IN_TOKEN
+    assert merged["services"]["prometheus"]["environment"]["SIDECAR_ADMIN_TOKEN"] == STAND_IN_TOKEN
     if "docker-compose.gpu.yml" in files:
-        sidecar = merged["services"]["sidecar"]
         assert sidecar["environment"]["SIDECAR_GPU__NVML__SIMULATE"] == "0"
         assert sidecar["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+def test_docker_compose_refuses_to_start_without_an_admin_token() -> None:
+    # No default anywhere, .env included: a token in the repository is a token everyone knows.
+    assert "SIDECAR_ADMIN_TOKEN" not in _compose_dotenv()
+    for service in ("sidecar", "prometheus"):
+        with pytest.raises(KeyError, match="SIDECAR_ADMIN_TOKEN"):
+            _compose_environment(service, shell={})
+    result = _docker_compose("config", shell={})
+    assert result.returncode != 0 and "SIDECAR_ADMIN_TOKEN" in result.stderr, result.stderr
 
 
 def test_compose_images_are_pinned() -> None:
@@ -452,7 +569,7 @@ def test_compose_bind_mounts_exist_and_are_read_only() -> None:
 
 def test_compose_model_servers_answer_to_the_sidecars_upstream() -> None:
     services = _compose()["services"]
-    config = load_config(COMPOSE_DIR / "sidecar.yaml", env={})
+    config = _compose_sidecar_config()
     upstream = config.upstream.url
     for name in ("demo-model", "vllm"):
         service = services[name]
@@ -462,19 +579,14 @@ def test_compose_model_servers_answer_to_the_sidecars_upstream() -> None:
             f"{name} does not listen on {upstream.port} on every interface: {command}"
         )
         assert len(service["profiles"]) == 1, f"{name}: one profile per model server"
-    env_file = dict(
-        line.split("=", 1)
-        for line in (COMPOSE_DIR / ".env").read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    )
-    assert env_file["COMPOSE_PROFILES"] == "demo", "the demo server is the default model server"
+    assert _compose_dotenv()["COMPOSE_PROFILES"] == "demo", "the demo server is the default model server"
     assert services["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
 def test_compose_sidecar_service_matches_its_config() -> None:
     services = _compose()["services"]
     sidecar = services["sidecar"]
-    config = load_config(COMPOSE_DIR / "sidecar.yaml", env={})
+    config = _compose_sidecar_config()
     mounts = {target: source for source, target, _ in _bind_mounts(sidecar)}
     assert mounts[f"{CONTAINER_CONFIG_PATH}"] == COMPOSE_DIR / "sidecar.yaml"
     named = {v.split(":")[1] for v in sidecar["volumes"] if not v.startswith((".", "/"))}
@@ -492,15 +604,36 @@ def test_compose_sidecar_service_matches_its_config() -> None:
     )
     assert sidecar["depends_on"]["es-setup"]["condition"] == "service_completed_successfully"
     assert services["es-setup"]["command"] == ["es", "setup"]
+    # Every service that runs the sidecar with this file gets a valid config from its own
+    # environment; only the sidecar and Prometheus, which scrapes it, hold the admin token.
+    for name, service in services.items():
+        if any(target == CONTAINER_CONFIG_PATH for _, target, _ in _bind_mounts(service)):
+            _compose_sidecar_config(name)
+    holders = {name for name, s in services.items() if "SIDECAR_ADMIN_TOKEN" in json.dumps(s.get("environment"))}
+    assert holders == {"sidecar", "prometheus"}
 
 
 def test_prometheus_scrapes_the_sidecar_and_loads_the_exported_rules() -> None:
     services = _compose()["services"]
-    config = load_config(COMPOSE_DIR / "sidecar.yaml", env={})
+    config = _compose_sidecar_config()
     prometheus = _load_yaml(COMPOSE_DIR / "prometheus" / "prometheus.yml")
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     targets = jobs["inference-sidecar"]["static_configs"][0]["targets"]
     assert targets == [f"sidecar:{config.admin.listen.port}"]
+    # /metrics needs the admin token, and Prometheus sends it: the entrypoint writes the
+    # variable the sidecar's token comes from to the file the scrape reads, on a tmpfs.
+    assert "/metrics" not in config.admin.open_paths and config.admin.token
+    authorization = jobs["inference-sidecar"]["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer"
+    server = services["prometheus"]
+    (config_file,) = [a.removeprefix("--config.file=") for a in server["command"] if a.startswith("--config.file=")]
+    credentials = Path(config_file).parent / authorization["credentials_file"]  # relative to the config file
+    entrypoint = server["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"]
+    assert f'printf \'%s\' "$$SIDECAR_ADMIN_TOKEN" > {credentials} ' in entrypoint[2]
+    assert 'exec /bin/prometheus "$$@"' in entrypoint[2], "the entrypoint runs Prometheus with `command`"
+    assert str(credentials.parent) in server["tmpfs"]
+    assert _compose_environment("prometheus")["SIDECAR_ADMIN_TOKEN"] == config.admin.token
     mounts = {target: source for source, target, _ in _bind_mounts(services["prometheus"])}
     assert mounts["/etc/prometheus/rules/sidecar-rules.yml"] == RULES_FILE
     assert prometheus["rule_files"] == ["rules/*.yml"]  # relative to /etc/prometheus/prometheus.yml
@@ -511,10 +644,17 @@ def test_prometheus_scrapes_the_sidecar_and_loads_the_exported_rules() -> None:
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
-    # The layout inside the container: the config with the rule file beside it in rules/.
+    # The layout inside the container: the config with the rule file beside it in rules/,
+    # and the token files the entrypoint writes (promtool checks that they exist).
     shutil.copy(COMPOSE_DIR / "prometheus" / "prometheus.yml", tmp_path / "prometheus.yml")
     (tmp_path / "rules").mkdir()
     shutil.copy(RULES_FILE, tmp_path / "rules" / "sidecar-rules.yml")
+    for job in _load_yaml(COMPOSE_DIR / "prometheus" / "prometheus.yml")["scrape_configs"]:
+        credentials_file = job.get("authorization", {}).get("credentials_file")
+        if credentials_file:
+            assert not Path(credentials_file).is_absolute(), "relative to prometheus.yml, as in the container"
+            (tmp_path / credentials_file).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / credentials_file).write_text(STAND_IN_TOKEN, encoding="utf-8")
     result = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
         capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False,
@@ -581,7 +721,7 @@ def test_otel_collector_pipeline_is_complete_and_feeds_jaeger() -> None:
     assert "otlp" in traces["receivers"]
     endpoints = [str(collector["exporters"][name].get("endpoint", "")) for name in traces["exporters"]]
     assert "jaeger" in {urlsplit("//" + e).hostname for e in endpoints}, "traces reach Jaeger"
-    config = load_config(COMPOSE_DIR / "sidecar.yaml", env={})
+    config = _compose_sidecar_config()
     endpoint = urlsplit(config.tracing.endpoint)
     assert endpoint.hostname == "otel-collector" and endpoint.path == "/v1/traces"
     http = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
@@ -606,7 +746,7 @@ def test_kibana_data_view_covers_the_audit_data_streams() -> None:
     title = data_view["attributes"]["title"]
     assert title == "logs-sidecar.audit-*"
     assert data_view["attributes"]["timeFieldName"] == "@timestamp"
-    config = load_config(COMPOSE_DIR / "sidecar.yaml", env={})
+    config = _compose_sidecar_config()
     assert re.fullmatch(title.replace(".", r"\.").replace("*", ".*"), config.audit.elasticsearch.target)
 
 
@@ -720,8 +860,23 @@ def _sidecar_container() -> dict[str, Any]:
     return sidecar
 
 
+def _kubernetes_environment(secret_values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The sidecar container's SIDECAR_* environment. The shipped Secret holds placeholders,
+    so its keys read as stand-ins, unless `secret_values` gives them."""
+    secret = _kind("Secret")
+    environment = {}
+    for item in _sidecar_container()["env"]:
+        if "value" in item:
+            environment[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"], f"{item['name']}: from an unknown Secret {ref['name']}"
+        environment[item["name"]] = (secret_values or {}).get(ref["key"], f"{STAND_IN_TOKEN}-{ref['key']}")
+    return {name: value for name, value in environment.items() if name.startswith("SIDECAR_")}
+
+
 def _kubernetes_config(tmp_path: Path) -> Config:
-    return load_config(_kubernetes_sidecar_config(tmp_path), env={})
+    return load_config(_kubernetes_sidecar_config(tmp_path), env=_kubernetes_environment())
 
 
 def _port(container: dict[str, Any], name: str) -> int:
@@ -789,8 +944,48 @@ def test_elasticsearch_credentials_come_from_the_secret_through_real_config_keys
         assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
         # The variable names a real key: the loader puts its value there.
         key = name.removeprefix("SIDECAR_AUDIT__ELASTICSEARCH__").lower()
-        config = load_config(_kubernetes_sidecar_config(tmp_path), env={name: "from-the-secret"})
+        environment = {**_kubernetes_environment(), name: "from-the-secret"}
+        config = load_config(_kubernetes_sidecar_config(tmp_path), env=environment)
         assert getattr(config.audit.elasticsearch, key) == "from-the-secret"
+
+
+def _monitor_endpoints() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for kind, endpoints in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
+        monitor = _kind(kind)
+        for endpoint in monitor["spec"][endpoints]:
+            yield monitor, endpoint
+
+
+def test_the_admin_token_comes_from_the_secret_and_prometheus_sends_it(tmp_path: Path) -> None:
+    secret = _kind("Secret")
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    sidecar = _sidecar_container()
+    (token,) = [item for item in sidecar["env"] if item["name"] == "SIDECAR_ADMIN__TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
+    assert not ref.get("optional"), "without its token the sidecar must not start"
+    config = _kubernetes_config(tmp_path)
+    assert config.admin.token == _kubernetes_environment()["SIDECAR_ADMIN__TOKEN"]
+    # The kubelet sends no token, so the probes' paths are open; /metrics is not.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert sidecar[probe]["httpGet"]["path"] in config.admin.open_paths, probe
+    assert "/metrics" not in config.admin.open_paths, "Prometheus sends the token: /metrics needs no exception"
+    # The Operator reads the token from the same Secret key, in the monitor's namespace.
+    for monitor, endpoint in _monitor_endpoints():
+        name = f"{monitor['kind']} {monitor['metadata']['name']}"
+        assert monitor["metadata"].get("namespace") == secret["metadata"].get("namespace"), name
+        authorization = endpoint.get("authorization")
+        assert authorization, f"{name}: scrapes without the admin token"
+        assert authorization.get("type", "Bearer") == "Bearer", name
+        credentials = authorization["credentials"]
+        assert (credentials["name"], credentials["key"]) == (ref["name"], ref["key"]), name
+        assert not credentials.get("optional"), name
+        assert endpoint.get("scheme", "http") == ("https" if config.admin.tls.enabled else "http"), name
+    # Until the placeholder is replaced, the sidecar refuses to start rather than serve an
+    # open admin port.
+    shipped = {key: str(value) for key, value in secret.get("stringData", {}).items()}
+    with pytest.raises(ConfigError, match="SIDECAR_ADMIN__TOKEN"):
+        load_config(_kubernetes_sidecar_config(tmp_path), env=_kubernetes_environment(shipped))
 
 
 def test_services_and_monitors_select_the_pod_and_its_ports() -> None:
@@ -991,5 +1186,6 @@ def test_deploy_guide_covers_each_deployment() -> None:
     for mention in (
         "docker compose", "docker-compose.gpu.yml", "kubectl apply -k deploy/kubernetes", "generate_prometheusrule.py",
         "inference-sidecar.service", "example-config.yaml", "systemctl reload", "--target demo",
+        "SIDECAR_ADMIN__TOKEN", "SIDECAR_ADMIN_TOKEN", "admin-token", "open_paths", "openssl rand",
     ):  # fmt: skip
         assert mention in guide, f"docs/deploy.md does not mention {mention}"
