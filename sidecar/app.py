@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,7 +39,15 @@ from sidecar.audit.metrics import AuditCollector
 from sidecar.audit.pipeline import AuditPipeline, Lifecycle
 from sidecar.audit.redact import Redactor
 
-from sidecar.config import Config, ConfigError, KeyPath, ListenAddress, effective_config, load_config
+from sidecar.config import (
+    Config,
+    ConfigError,
+    KeyPath,
+    ListenAddress,
+    effective_config,
+    load_config,
+    masked_config,
+)
 from sidecar.exchange import Exchange, GpuEvent, GpuSample, HealthResult
 from sidecar.gpu.attribution import Attribution
 from sidecar.gpu.cost import CostModel, Payback
@@ -58,11 +67,14 @@ from sidecar.rules.runner import RulesRunner, restore_engine, restore_notifier
 from sidecar.rules.spec import SpecError, effective_rules
 from sidecar.rules.state import StateFile
 from sidecar.observe import Broadcast
+from sidecar.proxy.access import AccessControl
+from sidecar.proxy.access_metrics import AccessCollector, TenantMetrics
+from sidecar.proxy.auth.authenticator import AuthSetupError as CredentialsError
 from sidecar.proxy.handler import ProxyHandler, ProxySettings
 from sidecar.proxy.health import HealthProber
 from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
-from sidecar.telemetry.admin import create_admin_app
+from sidecar.telemetry.admin import AdminGuard, AdminTlsError, admin_ssl_context, create_admin_app
 from sidecar.telemetry.status import AuditReading, CostSource, StatusPage, StatusSources
 from sidecar.telemetry.tracing import Tracing
 from sidecar.telemetry.metrics import (
@@ -82,7 +94,9 @@ RESTART_REQUIRED = (
     "data_dir",
     "instance_id",
     "proxy.listen",
-    "admin.listen",
+    "proxy.keepalive_timeout",
+    # The admin listener's socket, TLS context and token check are set up at start.
+    "admin.",
     "upstream.url",
     "upstream.max_connections",
     "upstream.keepalive_timeout",
@@ -104,6 +118,9 @@ NVML_FAMILIES = frozenset(FIELDS_BY_NAME) | {XID_ERRORS_TOTAL.name}
 
 # After the drain, handlers still running get this long to unwind once cancelled.
 _CANCEL_GRACE_S = 1.0
+
+# How often the key file and JWT key material are checked for changes.
+_CREDENTIALS_POLL_S = 2.0
 
 
 class StartupError(Exception):
@@ -163,6 +180,8 @@ class Sidecar:
         """The notifier's part of the rules state file, read with the engine's, until the notifier exists."""
         self._session: aiohttp.ClientSession | None = None
         self._proxy: ProxyHandler | None = None
+        self.access: AccessControl | None = None
+        self._credentials_watch: asyncio.Task[None] | None = None
         self._proxy_server: ProxyServer | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -478,6 +497,13 @@ class Sidecar:
         if config.tracing.enabled:
             self.tracing = Tracing(config.tracing, instance, provider_name=config.llm.provider_name, scrub=scrub)
         audit = self.audit
+        if config.auth.enabled or config.limits.enabled:
+            try:
+                self.access = AccessControl(config.auth, config.limits)
+            except CredentialsError as exc:
+                raise StartupError(str(exc)) from None
+            self.registry.register(AccessCollector(self.access))
+            self.exchanges.subscribe("tenant_metrics", TenantMetrics(self.registry, BoundedLabel(config.metrics.max_tenants)))
         self._proxy = ProxyHandler(
             ProxySettings.from_config(config),
             self._session,
@@ -485,6 +511,7 @@ class Sidecar:
             self.tracing,
             admission=audit.admission_refusal if audit and config.audit.spool.when_full == "fail_closed" else None,
             settle=audit.settle if audit and config.audit.hold_response else None,
+            access=self.access,
         )
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy
@@ -506,6 +533,7 @@ class Sidecar:
                 spans_dropped=lambda: self.tracing.spans_dropped if self.tracing else 0,
                 invalid_trace_headers=lambda: self.tracing.invalid_trace_headers if self.tracing else 0,
                 draining=lambda: proxy.draining,
+                header_timeouts=lambda: self._proxy_server.header_timeouts if self._proxy_server else 0,
                 observer_failures=lambda: {
                     f"{broadcast.name}/{name}": count
                     for broadcast in (self.exchanges, self.health_results)
@@ -517,6 +545,7 @@ class Sidecar:
             proxy,
             limits=_parser_limits(config),
             on_rejected=proxy.reject_unparsable,
+            keepalive_timeout=config.proxy.keepalive_timeout,
         )
         # Requests are drained and cancelled by stop() itself; aiohttp's own
         # shutdown wait only has idle connections left to close.
@@ -524,14 +553,27 @@ class Sidecar:
         await self._proxy_runner.setup()
         self.proxy_address = await _listen(self._proxy_runner, config.proxy.listen, "proxy.listen")
 
-        admin_app = create_admin_app(self.registry, readiness, self._admin_views(), status_page)
+        admin_app = create_admin_app(
+            self.registry,
+            readiness,
+            self._admin_views(),
+            status_page,
+            guard=AdminGuard(config.admin.token, config.admin.open_paths) if config.admin.token else None,
+            config_view=lambda: masked_config(self.config),
+        )
         self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._admin_runner.setup()
-        self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen")
+        try:
+            ssl_context = admin_ssl_context(config.admin.tls) if config.admin.tls.enabled else None
+        except AdminTlsError as exc:
+            raise StartupError(str(exc)) from None
+        self.admin_address = await _listen(self._admin_runner, config.admin.listen, "admin.listen", ssl_context)
         if self.rule_engine is not None:
             await self._start_rules(self.rule_engine)
         await status_page.start()
         self._prober.start()
+        if self.access is not None and self.access.authenticator is not None:
+            self._credentials_watch = asyncio.create_task(self._watch_credentials(), name="credentials-watch")
         logger.info(
             "sidecar started",
             extra={
@@ -541,6 +583,20 @@ class Sidecar:
                 "pid": os.getpid(),
             },
         )
+
+    async def _watch_credentials(self) -> None:
+        """Pick up a changed key file or JWKS within a few seconds, as well as on SIGHUP."""
+        while True:
+            await asyncio.sleep(_CREDENTIALS_POLL_S)
+            access = self.access
+            if access is None or access.authenticator is None:
+                continue
+            try:
+                changed = await asyncio.to_thread(access.authenticator.changed_files)
+                if changed:
+                    await asyncio.to_thread(access.authenticator.reload)
+            except Exception:
+                logger.exception("checking the credential files failed")
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -580,6 +636,10 @@ class Sidecar:
             await self._proxy_runner.cleanup()
         for task in list(self._reloads):
             task.cancel()
+        if self._credentials_watch is not None:
+            self._credentials_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._credentials_watch
         if self._prober is not None:
             await self._prober.stop()
         if self.rules is not None:
@@ -704,6 +764,13 @@ class Sidecar:
             self._proxy.settings = ProxySettings.from_config(new)
         if self._proxy_server is not None:
             self._proxy_server.limits = _parser_limits(new)
+        if self.access is not None:
+            try:
+                self.access.reconfigure(new.auth, new.limits)
+            except CredentialsError as exc:
+                logger.error("the new credentials cannot be loaded; keeping the old ones", extra={"problem": str(exc)})
+        elif new.auth.enabled or new.limits.enabled:
+            logger.warning("auth or limits were off at start; turning them on takes a restart")
         if self._prober is not None:
             self._prober.reconfigure(new.upstream)
             self._prober.start()
@@ -717,11 +784,14 @@ def _parser_limits(config: Config) -> ParserLimits:
         max_url_bytes=int(config.proxy.max_url_bytes),
         max_header_bytes=int(config.proxy.max_header_bytes),
         max_header_count=config.proxy.max_header_count,
+        header_timeout=config.proxy.request_header_timeout,
     )
 
 
-async def _listen(runner: web.BaseRunner, address: ListenAddress, key: str) -> ListenAddress:
-    site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+async def _listen(
+    runner: web.BaseRunner, address: ListenAddress, key: str, ssl_context: ssl.SSLContext | None = None
+) -> ListenAddress:
+    site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -849,7 +919,9 @@ def _gpu_event_recorder(audit: AuditPipeline) -> Callable[[GpuEvent], None]:
 
 def _config_digest(config: Config) -> str:
     """SHA-256 of the effective config, so the audit trail shows which config served each period."""
-    return hashlib.sha256(json.dumps(effective_config(config), sort_keys=True).encode()).hexdigest()
+    # Over the masked config: a digest of secrets could be brute-forced offline. A changed
+    # secret still shows, by key name, in the reload record's `changed` list.
+    return hashlib.sha256(json.dumps(masked_config(config), sort_keys=True).encode()).hexdigest()
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:

@@ -94,6 +94,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_rules_commands(commands)
 
+    from sidecar.proxy.auth.commands import add_commands as add_auth_commands
+
+    add_auth_commands(commands)
+
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference (Markdown) with every key and default"
     )
@@ -166,6 +170,14 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return EXIT_USAGE
+    if config.auth.enabled:
+        from sidecar.proxy.auth.authenticator import Authenticator, AuthSetupError
+
+        try:
+            Authenticator(config.auth)
+        except AuthSetupError as exc:
+            _print_problems(str(exc).splitlines())
+            return EXIT_USAGE
     if config.rules.enabled:
         from sidecar.rules.spec import SpecError, effective_rules
 

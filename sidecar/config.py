@@ -362,6 +362,9 @@ class ProxyConfig(Section):
     """Longest a client may take to send a request's header section, counted from its first byte
     (or from connecting, for a connection's first request); then the connection is closed. This is
     what ends slowloris attacks, which hold connections open by sending headers a byte at a time."""
+    keepalive_timeout: PositiveDuration = 75.0
+    """An idle client connection is closed after this long without a request (nginx's default;
+    aiohttp's own is an hour, which lets idle connections pile up)."""
     client_timeout: PositiveDuration = 60.0
     """Longest a client may stall: between chunks of its request body (then 408), or before
     accepting more response bytes (then the connection is closed). A stalled client must not

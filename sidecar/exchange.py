@@ -36,6 +36,20 @@ class Outcome(enum.StrEnum):
     """The sidecar cut the exchange short itself (drain timeout at shutdown)."""
 
 
+def well_formed(value: str | None) -> str | None:
+    """`value` with lone surrogates replaced by U+FFFD.
+
+    Header bytes that are not UTF-8 reach Python as lone surrogates
+    (surrogateescape), and so does a JSON string escape like "\\ud800". Such a
+    string cannot be encoded: a metric label or an audit record holding one
+    breaks every later scrape or bulk request. Records keep only text that
+    encodes; ASCII, the common case, is returned as it is.
+    """
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who made the request. Anonymous until authentication is configured."""

@@ -11,6 +11,7 @@ client-supplied value cannot forge a log entry. Context goes in `extra={...}`.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import logging.handlers
 import queue
@@ -38,6 +39,13 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
 
 
+_UNSAFE_IN_LINE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
@@ -52,7 +60,10 @@ class JsonFormatter(logging.Formatter):
             document["error.type"] = kind.__name__
             document["error.message"] = str(value)
             document["error.stack_trace"] = "".join(traceback.format_exception(kind, value, tb))
-        return json.dumps(document, default=str, ensure_ascii=False)
+        line = json.dumps(document, default=str, ensure_ascii=False)
+        # Kept readable (no \u escapes for ordinary text), except what would split a line for
+        # some readers (NEL, LS, PS) or cannot be encoded at all (lone surrogates).
+        return line if line.isascii() else _UNSAFE_IN_LINE.sub(_escape, line)
 
 
 class TextFormatter(logging.Formatter):

@@ -34,7 +34,8 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.config import Config
-from sidecar.exchange import ANONYMOUS, Exchange, Outcome
+from sidecar.exchange import ANONYMOUS, Exchange, Outcome, Principal, well_formed
+from sidecar.proxy.access import NOT_LIMITED, AccessControl, Admission, Refusal
 from sidecar.proxy.content import BodyRecorder, ContentMode
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.headers import client_response_headers, upstream_request_headers
@@ -47,12 +48,16 @@ from sidecar.telemetry.tracing import TRACE_HEADERS, ServerSpan, Tracing
 # the upstream request starts: one write instead of a chunked stream, and the
 # common case (a JSON chat request) needs no generator.
 _READ_WHOLE_BELOW = 64 * 1024
+# A request body parsed before forwarding (an access check needs its model) is parsed on a
+# worker thread above this size: json.loads of a 10 MB vision request takes tens of ms.
+_PARSE_INLINE_BELOW = 256 * 1024
 
 logger = logging.getLogger(__name__)
 
 _SSE_KEEPALIVE = b": keep-alive\n\n"
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
+_PROXIED_VERSIONS = frozenset({(1, 1), (1, 0)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,9 @@ class _Flight:
         "span",
         "content",
         "published",
+        "principal",
+        "admission",
+        "facts",
     )
 
     def __init__(self) -> None:
@@ -185,6 +193,10 @@ class _Flight:
         self.span: ServerSpan | None = None
         self.content: BodyRecorder | None = None
         self.published = False
+        self.principal: Principal = ANONYMOUS
+        self.admission: Admission = NOT_LIMITED
+        # Read before forwarding when an access check needed the model or the stream flag.
+        self.facts: RequestFacts | None = None
 
     @property
     def response_started(self) -> bool:
@@ -210,11 +222,13 @@ class _Flight:
         gen_ai = None
         if self.tap is not None:
             try:
-                facts = (
-                    read_request(bytes(self.request_prefix), self.request_complete)
-                    if self.request_prefix
-                    else RequestFacts(None, None, None)
-                )
+                facts = self.facts
+                if facts is None:
+                    facts = (
+                        read_request(bytes(self.request_prefix), self.request_complete)
+                        if self.request_prefix
+                        else RequestFacts(None, None, None)
+                    )
                 gen_ai = self.tap.finish(end, facts)
             except Exception:
                 # A reader bug must cost the model-call details, never the record itself.
@@ -223,17 +237,17 @@ class _Flight:
             request_id=self.request_id or "",
             started_at=self.start_ns / 1e9,
             method=request.method,
-            path=request.path,
+            path=well_formed(request.path),
             query=request.rel_url.raw_query_string,
             scheme=request.scheme,
-            host=request.host,
+            host=well_formed(request.host),
             http_version=_HTTP_VERSIONS.get(tuple(request.version), "1.1"),
             client_address=request.remote,
-            user_agent=headers.get("User-Agent"),
-            request_content_type=headers.get("Content-Type"),
+            user_agent=well_formed(headers.get("User-Agent")),
+            request_content_type=well_formed(headers.get("Content-Type")),
             request_body_bytes=self.request_body_bytes,
             status=self.status,
-            response_content_type=self.response_content_type,
+            response_content_type=well_formed(self.response_content_type),
             response_body_bytes=self.response_body_bytes,
             response_chunks=self.response_chunks,
             outcome=self.outcome or Outcome.COMPLETED,
@@ -248,7 +262,7 @@ class _Flight:
             proxy_overhead_s=self.overhead or end - start,
             upstream=settings.upstream_label,
             upstream_status=self.upstream_status,
-            principal=ANONYMOUS,
+            principal=self.principal,
             route=self.route,
             gen_ai=gen_ai,
             trace_id=trace_id,
@@ -270,10 +284,13 @@ class ProxyHandler:
         *,
         admission: Callable[[], str | None] | None = None,
         settle: Callable[[Exchange], Awaitable[None]] | None = None,
+        access: AccessControl | None = None,
     ) -> None:
         """`admission` names a reason to refuse new requests (503), or None to let them in;
-        `settle` is awaited with each Exchange before the response's last bytes leave."""
+        `settle` is awaited with each Exchange before the response's last bytes leave;
+        `access` authenticates callers and holds them to their rate limits."""
         self.settings = settings
+        self.access = access
         self._session = session
         self._publish = publish
         self._tracing = tracing
@@ -374,6 +391,11 @@ class ProxyHandler:
         """Freeze the flight into its Exchange, end the span, publish; with `settle`, wait for the record."""
         flight.published = True
         exchange = flight.exchange(request, settings)
+        if flight.admission is not NOT_LIMITED and self.access is not None:
+            try:
+                self.access.settle(flight.admission, exchange)
+            except Exception:
+                logger.exception("settling a request's rate limits failed")
         if flight.span is not None and self._tracing is not None:
             try:
                 self._tracing.finish(flight.span, exchange)
@@ -431,6 +453,13 @@ class ProxyHandler:
                 return response
         if settings.audit_content != "none":
             flight.content = BodyRecorder(settings.audit_content, settings.audit_content_max)
+        if request.version not in _PROXIED_VERSIONS:
+            # Re-framed as HTTP/1.1 upstream, an HTTP/2.0 or 0.9 request line would be answered
+            # in a framing its sender does not expect.
+            return self._reject(
+                flight, settings, 505, "http_version_not_supported",
+                f"HTTP/{request.version[0]}.{request.version[1]} is not supported; use HTTP/1.1 or 1.0",
+            )  # fmt: skip
         raw_path = request.raw_path
         if not raw_path.startswith("/"):
             return self._reject(
@@ -473,6 +502,15 @@ class ProxyHandler:
                 f"request body of {declared_length} bytes exceeds the limit of {settings.max_request_body}",
             )
 
+        access = self.access
+        identity = None
+        if access is not None:
+            identified = access.identify(headers, request.path, raw_path, request.remote)
+            if isinstance(identified, Refusal):
+                return self._refuse(request, flight, settings, identified)
+            identity = identified
+            flight.principal = identity.principal
+
         route, path_model = match_route(request.method, request.path)
         tracing = self._tracing
         if tracing is not None:
@@ -510,10 +548,40 @@ class ProxyHandler:
                     flight.request_prefix = body
                 if flight.content is not None:
                     flight.content.request(body)
+            elif identity is not None and flight.tap is not None and access.needs_request_facts(identity):  # type: ignore[union-attr]
+                # An access decision rests on the model or stream flag: read and parse the whole
+                # body, as the model server will. A prefix could be fooled by a second "model"
+                # key further on (JSON parsers keep the last).
+                try:
+                    body = await self._read_whole(request, settings, flight)
+                except ConnectionError:
+                    return self._client_gone(flight)
+                except TimeoutError:
+                    return self._client_body_timeout(flight, settings)
+                except _BodyTooLarge:
+                    return self._upstream_failed(_BodyTooLarge(), flight, settings)
             else:
                 body = self._stream_request_body(request, settings, flight)
 
         client_ip = request.remote
+        if identity is not None:
+            assert access is not None
+            model_call = flight.tap is not None
+            model, stream = path_model, False
+            if model_call and access.needs_request_facts(identity):
+                whole = body if isinstance(body, bytes) else b""
+                if len(whole) > _PARSE_INLINE_BELOW:
+                    facts = await asyncio.to_thread(read_request, whole, True)  # a large JSON parse off the loop
+                else:
+                    facts = read_request(whole, True)
+                flight.facts = facts
+                model, stream = facts.model or path_model, facts.stream is True
+            admitted = access.admit(identity, client_ip, model=model, stream=stream, model_call=model_call)
+            if isinstance(admitted, Refusal):
+                if not isinstance(body, bytes) and body is not None:
+                    await body.aclose()  # type: ignore[union-attr]
+                return self._refuse(request, flight, settings, admitted)
+            flight.admission = admitted
         upstream_headers = upstream_request_headers(
             headers,
             host=request.host if settings.pass_client_host else settings.upstream_authority,
@@ -526,6 +594,8 @@ class ProxyHandler:
             request_id=flight.request_id,
             replaced=TRACE_HEADERS if flight.span is not None and flight.span.own else frozenset(),
         )
+        if access is not None:
+            access.upstream_credentials(upstream_headers)
         if flight.span is not None and tracing is not None:
             tracing.inject(flight.span, upstream_headers)
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
@@ -583,6 +653,38 @@ class ProxyHandler:
         flight.closed_by_client()
         # Nobody will read this; returning it lets aiohttp finish the request quietly.
         return web.Response(status=499)
+
+    def _refuse(
+        self, request: web.BaseRequest, flight: _Flight, settings: ProxySettings, refusal: Refusal
+    ) -> web.Response:
+        """Answer a request access control turned away (401, 403, 429)."""
+        flight.fail(Outcome.REJECTED, refusal.error_type, refusal.message, refusal.status)
+        response = self._error(flight, settings, refusal.status, refusal.error_type, refusal.message)
+        response.headers.extend(refusal.headers)
+        if request.body_exists and not request.content.at_eof():
+            response.force_close()  # the unread body must not be taken for the next request
+        return response
+
+    async def _read_whole(self, request: web.BaseRequest, settings: ProxySettings, flight: _Flight) -> bytes:
+        """The whole request body (up to the body limit), read before forwarding."""
+        content = request.content
+        received = bytearray()
+        while True:
+            async with asyncio.timeout(settings.client_stall_timeout):
+                chunk = await content.readany()
+            if not chunk:
+                break
+            received += chunk
+            if len(received) > settings.max_request_body:
+                flight.body_too_large = True
+                raise _BodyTooLarge
+        body = bytes(received)
+        flight.request_body_bytes = len(body)
+        flight.request_prefix = body
+        flight.request_complete = True
+        if flight.content is not None:
+            flight.content.request(body)
+        return body
 
     def _upstream_failed(self, exc: Exception, flight: _Flight, settings: ProxySettings) -> web.Response:
         if flight.client_body_failed:
@@ -720,6 +822,9 @@ class ProxyHandler:
                 request_id=flight.request_id,
             ),
         )
+        limit_headers = flight.admission.decision.headers
+        if limit_headers:
+            response.headers.extend(limit_headers)
         flight.response_content_type = upstream.headers.get("Content-Type")
         tap = flight.tap
         if tap is not None:

@@ -8,14 +8,19 @@ other client with the JSON index of endpoints, which `/-/index` always gives.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import ssl
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from sidecar import __version__
+from sidecar.config import AdminTlsConfig
 from sidecar.telemetry.status import PAGE_HEADERS, StatusAssets, StatusPage, wants_html
 
 ReadinessCheck = Callable[[], str | None]
@@ -23,6 +28,88 @@ ReadinessCheck = Callable[[], str | None]
 
 StateView = Callable[[], object]
 """Returns a JSON-able view of a part's state (alerts, SLOs) for an admin endpoint."""
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminTlsError(Exception):
+    """The admin listener's certificate, key or client CA cannot be loaded."""
+
+
+def admin_ssl_context(tls: AdminTlsConfig) -> ssl.SSLContext:
+    """TLS 1.2+ for the admin listener; with `client_ca_file`, clients must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert tls.cert_file is not None and tls.key_file is not None
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise AdminTlsError(
+            f"admin.tls.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: {_reason(exc)}"
+        ) from None
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AdminTlsError(f"admin.tls.client_ca_file: cannot load {tls.client_ca_file}: {_reason(exc)}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+
+
+class AdminGuard:
+    """Requires the admin token on every admin route except the open ones.
+
+    Scripts and Prometheus send `Authorization: Bearer TOKEN`. Browsers cannot,
+    so HTTP Basic with the token as the password (any user name) is accepted
+    too: the challenge makes a browser ask for it once, then send it with
+    every request the status page makes.
+
+    Which route a request reached decides, not how its path was spelled, so
+    `/-/healthy/../metrics` or `/%2D/ready` cannot borrow an open route's pass.
+    """
+
+    def __init__(self, token: str, open_paths: Collection[str]) -> None:
+        self._token = token.encode()
+        self._open = frozenset(open_paths)
+        self.refused = 0
+        """Requests refused for a missing or wrong token."""
+
+    def _presented(self, header: str) -> bytes:
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            return value.strip().encode("utf-8", "surrogateescape")
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return b""
+            return decoded.partition(b":")[2]
+        return b""
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in self._open:
+            return await handler(request)
+        presented = self._presented(request.headers.get("Authorization", ""))
+        # compare_digest takes as long for any wrong token of a given length.
+        if presented and hmac.compare_digest(presented, self._token):
+            return await handler(request)
+        self.refused += 1
+        response = _json(
+            {"error": {"message": "the admin port needs `Authorization: Bearer <admin.token>`",
+                       "type": "unauthenticated", "code": 401}},
+            status=401,
+        )  # fmt: skip
+        response.headers.add("WWW-Authenticate", 'Bearer realm="inference-sidecar admin"')
+        response.headers.add("WWW-Authenticate", 'Basic realm="inference-sidecar admin", charset="UTF-8"')
+        return response
 
 
 def _json(data: object, status: int = 200, *, indent: int | None = 1) -> web.Response:
@@ -36,11 +123,18 @@ def create_admin_app(
     readiness: Mapping[str, ReadinessCheck],
     views: Mapping[str, tuple[StateView, str]] | None = None,
     status: StatusPage | None = None,
+    *,
+    guard: AdminGuard | None = None,
+    config_view: StateView | None = None,
 ) -> web.Application:
     """An aiohttp application serving `/metrics`, `/-/healthy`, `/-/ready`, for each entry of
     `views` (path -> (view, description)) that view as JSON and, with `status`, the status page
-    (`/` for browsers, `/-/status.json`, `/-/static/*`)."""
+    (`/` for browsers, `/-/status.json`, `/-/static/*`). With `config_view`, `/-/config` shows
+    the effective config (masked: the view must not hand out secrets). With `guard`, every
+    route but the guard's open ones needs the admin token."""
     views = dict(views or {})
+    if config_view is not None:
+        views["/-/config"] = (config_view, "the effective configuration, secrets masked")
     assets = StatusAssets() if status is not None else None
 
     async def metrics(request: web.Request) -> web.Response:
@@ -96,7 +190,7 @@ def create_admin_app(
             response.headers["Vary"] = "Accept"
         return response
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard.middleware] if guard is not None else [])
     app.router.add_get("/", index)
     if status is not None and assets is not None:
         app.router.add_get("/-/index", index)

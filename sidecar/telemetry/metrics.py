@@ -269,8 +269,10 @@ class LiveGauges(Collector):
         observer_failures: Callable[[], dict[str, int]],
         spans_dropped: Callable[[], int],
         invalid_trace_headers: Callable[[], int],
+        header_timeouts: Callable[[], int] = lambda: 0,
     ) -> None:
         self._active_requests = active_requests
+        self._header_timeouts = header_timeouts
         self._spans_dropped = spans_dropped
         self._invalid_trace_headers = invalid_trace_headers
         self._draining = draining
@@ -302,4 +304,10 @@ class LiveGauges(Collector):
             "sidecar_trace_context_invalid",
             "Requests whose traceparent header was malformed; each started a new trace.",
             value=self._invalid_trace_headers(),
+        )
+        yield CounterMetricFamily(
+            "sidecar_request_header_timeouts",
+            "Client connections closed because a request's headers did not arrive within "
+            "proxy.request_header_timeout (slow or stalled clients, slowloris).",
+            value=self._header_timeouts(),
         )

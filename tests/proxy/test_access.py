@@ -140,6 +140,13 @@ async def test_a_model_outside_the_allowlist_gets_403(
         async with client.post(f"{running.url}/v1/chat/completions", headers={**headers, "Content-Type": "application/json"},
                                data=big.encode()) as response:  # fmt: skip
             assert response.status == 403
+        # A second "model" key wins in the model server's JSON parser, so it must win here too,
+        # however far into a large body it sits.
+        smuggled = b'{"model": "small-model", "messages": [{"content": "' + b"x" * 300_000 + b'"}], "model": "big-model"}'
+        async with client.post(f"{running.url}/v1/chat/completions", headers={**headers, "Content-Type": "application/json"},
+                               data=smuggled) as response:  # fmt: skip
+            assert response.status == 403
+            assert "big-model" in (await response.json())["error"]["message"]
     served = [exchange for exchange in running.exchanges if exchange.status == 200]
     assert [exchange.gen_ai.request_model for exchange in served if exchange.gen_ai] == ["small-model"]
 

@@ -34,6 +34,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sidecar.exchange import well_formed
+
 KEY_PREFIX = "sk-sidecar-"
 
 
@@ -132,6 +134,9 @@ def load_key_file(path: Path) -> ApiKeyTable:
             raise KeyFileError(f"{path}: keys.{index}.id: {entry.id!r} is used by an earlier entry; ids must be unique")
         if entry.sha256 in seen_digests:
             raise KeyFileError(f"{path}: keys.{index}.sha256: the same key digest appears twice (entry {entry.id!r})")
+        for value in (entry.tenant, entry.user, entry.tier, *(entry.models or ())):
+            if value is not None and well_formed(value) != value:
+                raise KeyFileError(f"{path}: keys.{index}: {value!r} is not valid Unicode text (a lone surrogate)")
         seen_ids.add(entry.id)
         seen_digests.add(entry.sha256)
         keys.append(

@@ -11,9 +11,12 @@ single key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,11 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from sidecar.config import JwtConfig
+from sidecar.exchange import well_formed
 
 _CLAIM_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+# Verified tokens remembered; a client holds one token at a time, so this covers that many clients.
+_REMEMBERED = 4096
 
 
 class TokenRejected(Exception):
@@ -97,7 +103,7 @@ def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TokenRejected("invalid_claim", f"claim {name!r} must be a string")
     text = str(value)
-    if not _CLAIM_VALUE.fullmatch(text):
+    if not _CLAIM_VALUE.fullmatch(text) or well_formed(text) != text:
         raise TokenRejected("invalid_claim", f"claim {name!r} must be 1 to 256 printable characters")
     return text
 
@@ -105,8 +111,10 @@ def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
 class TokenVerifier:
     """Verifies tokens against the key material of one `auth.jwt` config."""
 
-    def __init__(self, config: JwtConfig) -> None:
+    def __init__(self, config: JwtConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
+        self._verified: OrderedDict[bytes, tuple[VerifiedToken, float]] = OrderedDict()
         self._hmac_algorithms = [name for name in config.algorithms if name.startswith("HS")]
         self._key_algorithms = [name for name in config.algorithms if not name.startswith("HS")]
         self._secret = config.secret.encode() if config.secret else None
@@ -127,6 +135,21 @@ class TokenVerifier:
         return ", ".join(sources)
 
     def verify(self, token: str) -> VerifiedToken:
+        fingerprint = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(fingerprint)
+        if remembered is not None:
+            verified, valid_until = remembered
+            if self._clock() <= valid_until:
+                return verified
+            del self._verified[fingerprint]
+            raise TokenRejected("expired", "the token has expired")
+        verified, expires = self._verify(token)
+        self._verified[fingerprint] = (verified, expires + self.config.leeway)
+        if len(self._verified) > _REMEMBERED:
+            self._verified.popitem(last=False)
+        return verified
+
+    def _verify(self, token: str) -> tuple[VerifiedToken, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -167,16 +190,19 @@ class TokenVerifier:
             raise TokenRejected("malformed", "the token is not a valid JWT") from None
         config = self.config
         models = _claim(claims, config.models_claim)
-        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        if models is not None and not (
+            isinstance(models, list) and all(isinstance(m, str) and well_formed(m) == m for m in models)
+        ):
             raise TokenRejected("invalid_claim", f"claim {config.models_claim!r} must be a list of model names")
         token_id = claims.get("jti")
-        return VerifiedToken(
+        verified = VerifiedToken(
             tenant=_text_claim(claims, config.tenant_claim),
             user=_text_claim(claims, config.user_claim),
             tier=_text_claim(claims, config.tier_claim),
             models=frozenset(models) if models is not None else None,
             token_id=token_id[:128] if isinstance(token_id, str) else None,
         )
+        return verified, float(claims["exp"])  # required, and checked to be a number by PyJWT
 
     def _key_for(self, algorithm: str, kid: object) -> Any:
         if algorithm.startswith("HS"):

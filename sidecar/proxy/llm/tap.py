@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.exchange import GenAiCall, TokenSource
+from sidecar.exchange import GenAiCall, TokenSource, well_formed
 from sidecar.proxy.llm.lines import LineSplitter
 from sidecar.proxy.llm.request import RequestFacts
 
@@ -278,8 +278,8 @@ class ResponseTap:
         return GenAiCall(
             protocol=self._protocol,
             operation=self._operation,
-            request_model=request.model or self._path_model,
-            response_model=reading.model,
+            request_model=well_formed(request.model or self._path_model),
+            response_model=well_formed(reading.model),
             stream=streamed,
             input_tokens=reading.input_tokens,
             output_tokens=output_tokens,

@@ -240,3 +240,32 @@ def test_exempt_paths_match_only_normalised_paths(credentials: Credentials) -> N
     for raw in ("/health/.", "//health", "/%2e/health", "/x/../health", "/health%2f", "\\health"):
         assert not authenticator.exempt("/health", raw), raw
     assert not authenticator.exempt("/v1/chat/completions", "/v1/chat/completions")
+
+
+def test_a_remembered_token_still_expires(credentials: Credentials) -> None:
+    from sidecar.config import JwtConfig
+    from sidecar.proxy.auth.tokens import TokenRejected, TokenVerifier
+
+    now = [time.time()]
+    verifier = TokenVerifier(JwtConfig(algorithms=["HS256"], secret=HS_SECRET, audience=[AUDIENCE], leeway=5),
+                             clock=lambda: now[0])  # fmt: skip
+    token = credentials.hs256(exp=int(now[0]) + 60, tenant="t")
+    assert verifier.verify(token).tenant == "t"
+    now[0] += 60  # within exp + leeway: the remembered answer holds
+    assert verifier.verify(token).tenant == "t"
+    now[0] += 10
+    with pytest.raises(TokenRejected) as caught:
+        verifier.verify(token)
+    assert caught.value.reason == "expired"
+
+
+def test_rotating_a_key_out_of_the_jwks_refuses_its_tokens_at_once(credentials: Credentials, tmp_path: Path) -> None:
+    jwks = json.loads(credentials.jwks_file.read_text())
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    authenticator = Authenticator(AuthConfig(enabled=True, jwt={"jwks_file": path, "audience": [AUDIENCE]}))
+    token = credentials.rs256()
+    authenticator.authenticate({"Authorization": f"Bearer {token}"})
+    path.write_text(json.dumps({"keys": [key for key in jwks["keys"] if key["kid"] != "rsa-1"]}))
+    assert authenticator.reload()
+    assert _refusal(authenticator, {"Authorization": f"Bearer {token}"}).reason == "unknown_kid"
