@@ -203,6 +203,16 @@ class Tracing:
             attributes["client.address"] = exchange.client_address
         if exchange.user_agent:
             attributes["user_agent.original"] = scrub(exchange.user_agent) if scrub else exchange.user_agent
+        principal = exchange.principal
+        if not principal.is_anonymous:
+            # user.id is OpenTelemetry's (it replaced enduser.id); there is no convention for a tenant.
+            if principal.user:
+                attributes["user.id"] = principal.user
+            if principal.tenant:
+                attributes["sidecar.tenant"] = principal.tenant
+            attributes["sidecar.auth.method"] = principal.auth_method
+            if principal.tier:
+                attributes["sidecar.auth.tier"] = principal.tier
         failed = exchange.status >= 500 or exchange.outcome is Outcome.UPSTREAM_TIMEOUT
         if exchange.error_type or failed:
             attributes["error.type"] = exchange.error_type or str(exchange.status)

@@ -207,3 +207,18 @@ async def test_stopping_with_a_hanging_collector_is_bounded(upstream: TestUpstre
         assert time.perf_counter() - started < 4  # four 10 s exports are queued behind a hanging collector
     finally:
         await hanging.stop()
+
+
+async def test_the_caller_rides_on_the_span(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver, tmp_path):
+    from tests.support.credentials import make_credentials
+
+    credentials = make_credentials(tmp_path / "credentials")
+    sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint, **credentials.auth_settings())
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{sidecar.url}/echo/x", headers={"X-API-Key": credentials.keys["acme-1"]}) as response:
+            assert response.status == 200
+    await wait_for(lambda: len(receiver.spans) == 1, what="the exported span")
+    attributes = receiver.spans[0].attributes
+    assert (attributes["user.id"], attributes["sidecar.tenant"]) == ("alice", "acme")
+    assert (attributes["sidecar.auth.method"], attributes["sidecar.auth.tier"]) == ("api_key", "paid")
+    assert credentials.keys["acme-1"] not in str(attributes)
