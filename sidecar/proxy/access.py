@@ -11,6 +11,8 @@ and its token usage charged, by `settle` when the Exchange is final.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -50,7 +52,9 @@ class AccessControl:
     """Authentication (when `auth.enabled`) and rate limits (when `limits.enabled`), as one gate."""
 
     def __init__(self, auth: AuthConfig, limits: LimitsConfig) -> None:
-        self.authenticator = Authenticator(auth) if auth.enabled else None
+        # Kept here, not in the authenticator, so a reload that rebuilds it does not reset the counts.
+        self.auth_failures: Counter[str] = Counter()
+        self.authenticator = Authenticator(auth, failures=self.auth_failures) if auth.enabled else None
         self.throttle = (
             FailureThrottle(auth.failure_throttle) if auth.enabled and auth.failure_throttle.max_failures else None
         )
@@ -62,7 +66,7 @@ class AccessControl:
     def reconfigure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
         """Apply a reloaded config: credentials re-read, limits changed, bucket levels kept."""
         if auth != self._auth or self.authenticator is None:
-            self.authenticator = Authenticator(auth) if auth.enabled else None
+            self.authenticator = Authenticator(auth, failures=self.auth_failures) if auth.enabled else None
         elif self.authenticator is not None:
             self.authenticator.reload()
         if self.throttle is not None and auth.failure_throttle.max_failures:
@@ -80,7 +84,7 @@ class AccessControl:
 
     # --- per request ------------------------------------------------------------
 
-    def identify(self, headers: CIMultiDict[str] | object, path: str, raw_path: str, client: str | None) -> Identity | Refusal:
+    def identify(self, headers: Mapping[str, str], path: str, raw_path: str, client: str | None) -> Identity | Refusal:
         """The caller, from the request head; a Refusal for missing or bad credentials."""
         authenticator = self.authenticator
         if authenticator is None or authenticator.exempt(path, raw_path):
@@ -95,7 +99,7 @@ class AccessControl:
                     wait,
                 )
         try:
-            return authenticator.authenticate(headers)  # type: ignore[arg-type]
+            return authenticator.authenticate(headers)
         except AuthFailure as failure:
             if throttle is not None and client is not None:
                 throttle.note_failure(client)

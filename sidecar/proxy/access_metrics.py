@@ -35,9 +35,8 @@ class AccessCollector(Collector):
             "bad_signature, wrong_audience, unknown_kid, algorithm_not_allowed, model_not_allowed, ...",
             labels=["reason"],
         )
-        if access.authenticator is not None:
-            for reason, count in sorted(access.authenticator.failures.items()):
-                failures.add_metric([reason], count)
+        for reason, count in sorted(access.auth_failures.items()):
+            failures.add_metric([reason], count)
         yield failures
         limiter = access.limiter
         rejections = CounterMetricFamily(

@@ -351,3 +351,31 @@ async def test_exempt_paths_pass_without_credentials(
         async with aiohttp.ClientSession() as client:
             async with client.get(f"{running.url}{sneaky}", skip_auto_headers=()) as response:
                 assert response.status == 401, sneaky
+
+
+async def test_a_reload_keeps_bucket_levels_and_failure_counts(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, credentials: Credentials
+) -> None:
+    running = await make_sidecar(
+        upstream.url, **credentials.auth_settings(), limits__enabled=True,
+        limits__tiers={"paid": {"requests": "1/min", "request_burst": 2}},
+    )  # fmt: skip
+    key = _bearer(credentials.keys["acme-1"])
+    assert [(await _get(f"{running.url}/echo/{n}", key))[0] for n in range(3)] == [200, 200, 429]
+    assert (await _get(f"{running.url}/echo/x", _bearer("sk-wrong")))[0] == 401
+
+    config = running.sidecar.config
+    reloaded = config.model_copy(
+        update={
+            "auth": config.auth.model_copy(update={"realm": "renamed"}),
+            "limits": config.limits.model_copy(update={"tiers": {"paid": config.limits.tiers["paid"].model_copy(update={"request_burst": 10})}}),
+        }
+    )
+    running.sidecar.apply_live(reloaded)
+    # The spent bucket stays spent (a reload is not a way to refill it); the new burst only caps it.
+    assert (await _get(f"{running.url}/echo/y", key))[0] == 429
+    status, headers, _ = await _get(f"{running.url}/echo/x", _bearer("sk-wrong"))
+    assert status == 401 and 'realm="renamed"' in headers["WWW-Authenticate"]
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{running.admin_url}/metrics") as response:
+            assert 'sidecar_auth_failures_total{reason="unknown_key"} 2.0' in await response.text()

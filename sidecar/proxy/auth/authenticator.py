@@ -72,10 +72,16 @@ def _description(text: str) -> str:
 class Authenticator:
     """Checks credentials against the configured API keys and JWT keys."""
 
-    def __init__(self, config: AuthConfig, *, today: Callable[[], dt.date] | None = None) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        today: Callable[[], dt.date] | None = None,
+        failures: Counter[str] | None = None,
+    ) -> None:
         self.config = config
         self._today = today or (lambda: dt.datetime.now(dt.UTC).date())
-        self.failures: Counter[str] = Counter()
+        self.failures: Counter[str] = failures if failures is not None else Counter()
         """Failed authentications by reason, for `sidecar_auth_failures_total`."""
         self._keys: ApiKeyTable | None = None
         self._tokens: TokenVerifier | None = None
