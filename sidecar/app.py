@@ -48,7 +48,7 @@ from sidecar.config import (
     load_config,
     masked_config,
 )
-from sidecar.exchange import Exchange, GpuEvent, GpuSample, HealthResult
+from sidecar.exchange import Exchange, GenAiCall, GpuEvent, GpuSample, GpuUsage, HealthResult
 from sidecar.gpu.attribution import Attribution
 from sidecar.gpu.cost import CostModel, Payback
 from sidecar.gpu.dcgm import DcgmExporterScraper, DcgmReexportCollector
@@ -251,14 +251,9 @@ class Sidecar:
         self.exchanges.subscribe("audit", self.audit)
         self.registry.register(AuditCollector(self.audit))
 
-    def _publish_exchange(self, exchange: Exchange) -> None:
+    def _exchange_usage(self, started_at: float, duration_s: float, call: GenAiCall | None) -> GpuUsage | None:
         attribution = self.attribution
-        if attribution is not None:
-            try:
-                exchange = attribution.enrich(exchange, self._cost)
-            except Exception:
-                logger.exception("attributing GPU usage failed")
-        self.exchanges.publish(exchange)
+        return None if attribution is None else attribution.usage_of(started_at, duration_s, call, self._cost)
 
     async def _start_gpu(self, instance: str, proxy: ProxyHandler) -> None:
         gpu = self.config.gpu
@@ -507,11 +502,12 @@ class Sidecar:
         self._proxy = ProxyHandler(
             ProxySettings.from_config(config),
             self._session,
-            self._publish_exchange,
+            self.exchanges.publish,
             self.tracing,
             admission=audit.admission_refusal if audit and config.audit.spool.when_full == "fail_closed" else None,
             settle=audit.settle if audit and config.audit.hold_response else None,
             access=self.access,
+            usage=self._exchange_usage,
         )
         self._prober = HealthProber(self._session, config.upstream, self.health_results.publish)
         proxy = self._proxy

@@ -72,7 +72,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 
-from sidecar.exchange import Exchange, GpuSample, GpuState, GpuUsage
+from sidecar.exchange import Exchange, GenAiCall, GpuSample, GpuState, GpuUsage
 from sidecar.gpu.cost import CostModel
 
 ENERGY_FIELD = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
@@ -334,16 +334,23 @@ class Attribution:
 
     def enrich(self, exchange: Exchange, cost: CostModel | None) -> Exchange:
         """The exchange with its GPU usage (and cost, given a cost model) set, when known."""
-        measured = self.usage(exchange.started_at, exchange.started_at + exchange.duration_s)
+        usage = self.usage_of(exchange.started_at, exchange.duration_s, exchange.gen_ai, cost)
+        return exchange if usage is None else dataclasses.replace(exchange, usage=usage)
+
+    def usage_of(
+        self, started_at: float, duration_s: float, call: GenAiCall | None, cost: CostModel | None
+    ) -> GpuUsage | None:
+        """A request's GPU usage (and cost, given a cost model), or None when unknown. The proxy
+        calls this while it builds the Exchange, so the record is made once, usage included."""
+        measured = self.usage(started_at, started_at + duration_s)
         if measured is None:
-            return exchange
+            return None
         gpu_seconds, energy = measured
         cost_local = cost_cloud = None
         if cost is not None:
             cost_local = cost.local(energy, gpu_seconds)
-            call = exchange.gen_ai
             if call is not None and (call.input_tokens is not None or call.output_tokens is not None):
                 cost_cloud = cost.cloud_equivalent(
                     call.request_model or call.response_model, call.input_tokens or 0, call.output_tokens or 0
                 )
-        return dataclasses.replace(exchange, usage=GpuUsage(gpu_seconds, energy, cost_local, cost_cloud))
+        return GpuUsage(gpu_seconds, energy, cost_local, cost_cloud)

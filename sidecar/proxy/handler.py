@@ -34,7 +34,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.config import Config
-from sidecar.exchange import ANONYMOUS, Exchange, Outcome, Principal, well_formed
+from sidecar.exchange import ANONYMOUS, Exchange, GenAiCall, GpuUsage, Outcome, Principal, well_formed
 from sidecar.proxy.access import NOT_LIMITED, AccessControl, Admission, Refusal
 from sidecar.proxy.content import BodyRecorder, ContentMode
 from sidecar.proxy.errors import error_response
@@ -58,6 +58,10 @@ _SSE_KEEPALIVE = b": keep-alive\n\n"
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 _PROXIED_VERSIONS = frozenset({(1, 1), (1, 0)})
+
+
+UsageOf = Callable[[float, float, GenAiCall | None], GpuUsage | None]
+"""(start time, duration, model call) -> the request's GPU usage, or None when unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +218,7 @@ class _Flight:
         self.fail(Outcome.CLIENT_CLOSED, "client_closed", "client closed the connection",
                   None if self.response_started else 499)  # fmt: skip
 
-    def exchange(self, request: web.BaseRequest, settings: ProxySettings) -> Exchange:
+    def exchange(self, request: web.BaseRequest, settings: ProxySettings, usage: UsageOf | None = None) -> Exchange:
         end = time.perf_counter()
         start = self.start
         headers = request.headers
@@ -233,6 +237,13 @@ class _Flight:
             except Exception:
                 # A reader bug must cost the model-call details, never the record itself.
                 logger.exception("reading a model call failed", extra={"route": self.route})
+        duration = end - start
+        gpu_usage = None
+        if usage is not None:
+            try:
+                gpu_usage = usage(self.start_ns / 1e9, duration, gen_ai)
+            except Exception:
+                logger.exception("attributing GPU usage failed")
         return Exchange(
             request_id=self.request_id or "",
             started_at=self.start_ns / 1e9,
@@ -253,7 +264,7 @@ class _Flight:
             outcome=self.outcome or Outcome.COMPLETED,
             error_type=self.error_type,
             error_message=self.error_message,
-            duration_s=end - start,
+            duration_s=duration,
             upstream_response_start_s=(
                 None if self.upstream_response_start is None else self.upstream_response_start - start
             ),
@@ -269,6 +280,7 @@ class _Flight:
             span_id=span_id,
             trace_sampled=sampled,
             content=self.content.result() if self.content is not None else None,
+            usage=gpu_usage,
         )
 
 
@@ -285,12 +297,15 @@ class ProxyHandler:
         admission: Callable[[], str | None] | None = None,
         settle: Callable[[Exchange], Awaitable[None]] | None = None,
         access: AccessControl | None = None,
+        usage: UsageOf | None = None,
     ) -> None:
         """`admission` names a reason to refuse new requests (503), or None to let them in;
         `settle` is awaited with each Exchange before the response's last bytes leave;
-        `access` authenticates callers and holds them to their rate limits."""
+        `access` authenticates callers and holds them to their rate limits; `usage` gives a
+        request's GPU usage as its Exchange is built."""
         self.settings = settings
         self.access = access
+        self._usage = usage
         self._session = session
         self._publish = publish
         self._tracing = tracing
@@ -350,7 +365,7 @@ class ProxyHandler:
         flight = _Flight()
         flight.fail(Outcome.REJECTED, error_type, message, status)
         flight.response_content_type = "application/json"
-        self._publish(flight.exchange(request, self.settings))
+        self._publish(flight.exchange(request, self.settings, self._usage))
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         settings = self.settings
@@ -390,7 +405,7 @@ class ProxyHandler:
     ) -> None:
         """Freeze the flight into its Exchange, end the span, publish; with `settle`, wait for the record."""
         flight.published = True
-        exchange = flight.exchange(request, settings)
+        exchange = flight.exchange(request, settings, self._usage)
         if flight.admission is not NOT_LIMITED and self.access is not None:
             try:
                 self.access.settle(flight.admission, exchange)
