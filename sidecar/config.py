@@ -14,12 +14,13 @@ expected. Unknown keys are errors, with the valid keys listed.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -54,6 +55,8 @@ class ConfigError(Exception):
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_EXPECTED = "a duration such as 500ms, 5s, 2m, 1h30m or a number of seconds"
+MAX_DURATION_S = 100 * 365.25 * 86400.0
+"""Longest duration accepted: anything longer is a typo, and whole seconds up to it format exactly."""
 
 
 def parse_duration(value: object) -> float:
@@ -77,19 +80,26 @@ def parse_duration(value: object) -> float:
                 raise ValueError(_DURATION_EXPECTED) from None
     else:
         raise ValueError(_DURATION_EXPECTED)
+    if not math.isfinite(seconds):
+        raise ValueError(_DURATION_EXPECTED)
     if seconds < 0:
         raise ValueError("a duration that is not negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("a duration of at most 100 years")
     return seconds
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest duration string that parse_duration reads back to the same value."""
+    """A duration string that parse_duration reads back to exactly the same value."""
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        return f"{round(seconds * 1000, 6):g}ms"
+        millis = repr(seconds * 1000).removesuffix(".0")
+        if "e" not in millis and float(millis) * _DURATION_UNITS["ms"] == seconds:
+            return f"{millis}ms"
+        return repr(seconds)  # a bare number of seconds; repr reads back exactly
     if seconds != int(seconds):
-        return f"{seconds!r}s"  # repr is the shortest text that reads back exactly
+        return f"{seconds!r}s" if "e" not in repr(seconds) else repr(seconds)
     remaining, text = int(seconds), ""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if remaining >= size:
@@ -248,6 +258,8 @@ def parse_rate(value: object) -> float:
         rate = float(match.group(1)) / _RATE_UNITS[match.group(2)]
     else:
         raise ValueError(_RATE_EXPECTED)
+    if not math.isfinite(rate):
+        raise ValueError(_RATE_EXPECTED)
     if not rate > 0:
         raise ValueError("a rate above 0")
     return rate
@@ -284,7 +296,9 @@ def default_data_dir() -> Path:
 
 class Section(BaseModel):
     # Field docstrings become descriptions, which the generated reference shows.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class HealthCheckConfig(Section):
@@ -1149,7 +1163,7 @@ def load_config(
     problems: list[str] = []
     if path is not None:
         _read_yaml_file(Path(path), layers, problems)
-    _apply_env(env, layers)
+    _apply_env(env, layers, problems)
     for key_path, value in (flags or {}).items():
         layers.set(key_path, value, f"flag --{_flag_name(key_path)}")
     if problems:
@@ -1183,6 +1197,9 @@ def _read_yaml_file(path: Path, layers: _Layers, problems: list[str]) -> None:
     except yaml.YAMLError as exc:
         problems.append(f"{path}: not valid YAML: {exc}")
         return
+    except RecursionError:
+        problems.append(f"{path}: nested too deeply to be a config")
+        return
     if node is None:
         return
     if not isinstance(node, yaml.MappingNode):
@@ -1193,13 +1210,26 @@ def _read_yaml_file(path: Path, layers: _Layers, problems: list[str]) -> None:
         layers.data[key] = value
 
 
-def _mark(path: Path, node: yaml.Node) -> str:
+def _mark(path: Path | str, node: yaml.Node) -> str:
+    if isinstance(path, str):
+        return path  # an environment variable: its value is one line
     return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+# Bounds on what a config document may build: a config is a few hundred values, so these
+# only stop hostile or broken files ("billion laughs" aliases, self-referencing aliases,
+# pathological nesting) before they exhaust time, memory or the stack.
+_MAX_YAML_VALUES = 100_000
+_MAX_YAML_DEPTH = 64
+
+
+class _YamlLimit(Exception):
+    pass
 
 
 def _construct_with_origins(
     node: yaml.Node,
-    path: Path,
+    path: Path | str,
     key_path: KeyPath,
     origins: dict[KeyPath, str],
     problems: list[str],
@@ -1208,13 +1238,43 @@ def _construct_with_origins(
 
     Duplicate keys are errors: PyYAML would silently keep the last one, and a
     setting that is not the one the operator reads in the file is a trap.
+    Values that YAML cannot construct (a bad tag, a bad merge) and documents
+    too large or too deep become problems too, never exceptions.
     """
-    constructor = yaml.SafeLoader("")
+    budget = [_MAX_YAML_VALUES]
+    try:
+        return _construct(node, path, key_path, origins, problems, yaml.SafeLoader(""), budget)
+    except _YamlLimit as exc:
+        problems.append(f"{_mark(path, node)}: {exc}")
+        return {}
+
+
+def _construct(
+    node: yaml.Node,
+    path: Path | str,
+    key_path: KeyPath,
+    origins: dict[KeyPath, str],
+    problems: list[str],
+    constructor: yaml.SafeLoader,
+    budget: list[int],
+) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _YamlLimit(f"more than {_MAX_YAML_VALUES} values (aliases expanding without end?); expected a config")
+    if len(key_path) > _MAX_YAML_DEPTH:
+        raise _YamlLimit(f"nested more than {_MAX_YAML_DEPTH} levels deep (a self-referencing alias?); expected a config")
     if isinstance(node, yaml.MappingNode):
-        constructor.flatten_mapping(node)
+        try:
+            constructor.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            problems.append(f"{_mark(path, node)}: {_dotted(key_path)}: cannot merge keys: {_yaml_problem(exc)}")
+            return {}
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(f"{_mark(path, key_node)}: {_dotted(key_path)}: a key must be a name, not a list or mapping")
+                continue
+            key = _scalar(key_node, path, key_path, problems, constructor)
             child_path = key_path + (key,)
             if key in result:
                 problems.append(
@@ -1223,38 +1283,62 @@ def _construct_with_origins(
                 )
                 continue
             origins[child_path] = _mark(path, value_node)
-            result[key] = _construct_with_origins(value_node, path, child_path, origins, problems)
+            result[key] = _construct(value_node, path, child_path, origins, problems, constructor, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item_node in enumerate(node.value):
             origins[key_path + (index,)] = _mark(path, item_node)
-            items.append(_construct_with_origins(item_node, path, key_path + (index,), origins, problems))
+            items.append(_construct(item_node, path, key_path + (index,), origins, problems, constructor, budget))
         return items
-    return constructor.construct_object(node, deep=True)
+    return _scalar(node, path, key_path, problems, constructor)
 
 
-def _apply_env(env: Mapping[str, str], layers: _Layers) -> None:
+def _scalar(node: yaml.Node, path: Path | str, key_path: KeyPath, problems: list[str], constructor: yaml.SafeLoader) -> Any:
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # SafeLoader's constructors raise more than YAMLError for values like `!!int x` or `!!timestamp x`.
+        problems.append(f"{_mark(path, node)}: {_dotted(key_path)}: cannot read {node.value!r}: {_yaml_problem(exc)}")
+        return None
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    problem = getattr(exc, "problem", None)
+    return str(problem or exc).splitlines()[0] if (problem or str(exc)) else exc.__class__.__name__
+
+
+def _apply_env(env: Mapping[str, str], layers: _Layers, problems: list[str]) -> None:
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
             continue
         key_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         if not all(key_path):
             continue
-        layers.set(key_path, _env_value(env[name]), f"environment variable {name}")
+        origin = f"environment variable {name}"
+        layers.set(key_path, _env_value(env[name], origin, key_path, problems), origin)
 
 
-def _env_value(raw: str) -> Any:
+def _env_value(raw: str, origin: str, key_path: KeyPath, problems: list[str]) -> Any:
     # Scalars stay strings (pydantic turns "5" into 5 and "true" into True where
     # the key wants it); only flow collections are parsed, so that lists and
     # mappings can be set from the environment without YAML 1.1's "on"/"no" traps.
     stripped = raw.strip()
-    if stripped[:1] in ("[", "{"):
-        try:
-            return yaml.safe_load(stripped)
-        except yaml.YAMLError:
-            return raw
-    return raw
+    if stripped[:1] not in ("[", "{"):
+        return raw
+    try:
+        node = yaml.compose(stripped, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return raw
+    except RecursionError:
+        problems.append(f"{origin}: {_dotted(key_path)}: nested too deeply; expected a flow list or mapping")
+        return None
+    if node is None:
+        return raw
+    found: list[str] = []
+    value = _construct_with_origins(node, origin, key_path, {}, found)
+    problems.extend(found)
+    return value
 
 
 def _dotted(path: Iterable[str | int]) -> str:
@@ -1304,13 +1388,27 @@ def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
 
 def _expected_keys(loc: KeyPath) -> str:
     model: type[BaseModel] = Config
+    annotation: Any = None
     for key in loc[:-1]:
-        field_info = model.model_fields.get(str(key))
-        annotation = field_info.annotation if field_info else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if annotation is not None:
+            # Inside a list or dict field: the index or entry name picks the item's section.
+            origin, args = get_origin(annotation), get_args(annotation)
+            if origin is list and isinstance(key, int) and args:
+                annotation = args[0]
+            elif origin is dict and len(args) == 2:
+                annotation = args[1]
+            else:
+                return "this key is not a section"
+        else:
+            field_info = model.model_fields.get(str(key))
+            annotation = field_info.annotation if field_info else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, annotation = annotation, None
+        elif get_origin(annotation) not in (list, dict):
             return "this key is not a section"
-        model = annotation
-    valid = sorted(model.model_fields)
+    if annotation is not None:
+        return "this key is not a section"
+    valid = sorted(info.alias or name for name, info in model.model_fields.items())
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"expected one of: {', '.join(valid)}{hint}"

@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -47,7 +48,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sidecar import __version__
 from sidecar.config import TracingConfig
-from sidecar.exchange import Exchange, Outcome
+from sidecar.exchange import Exchange, Outcome, well_formed
 from sidecar.telemetry.semconv import KNOWN_METHODS, method_label, provider_name
 
 # Written by the sidecar on upstream requests; the client's copies are not forwarded.
@@ -82,6 +83,31 @@ def _exporter(config: TracingConfig) -> SpanExporter | None:
         # Passed explicitly: the SDK's default is the sys.stdout of when it was imported.
         return ConsoleSpanExporter(out=sys.stdout)
     return None
+
+
+class _HeaderLines(Getter[CIMultiDictProxy[str]]):
+    """Every line of a header, as text that encodes.
+
+    OpenTelemetry's default getter returns only the first line, but W3C Trace
+    Context and Baggage say several `tracestate` or `baggage` lines form one
+    list (RFC 9110 §5.3). Bytes that are not UTF-8 reach Python as lone
+    surrogates, which the baggage propagator cannot encode: they are replaced.
+    """
+
+    def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
+        values = carrier.getall(key, None)
+        if values is None:
+            return None
+        texts = [well_formed(value) or "" for value in values]
+        # The propagators read only the first element: lists are handed over joined.
+        return [",".join(texts)] if len(texts) > 1 and key in _LIST_HEADERS else texts
+
+    def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
+        return list(carrier.keys())
+
+
+_LIST_HEADERS = frozenset({"tracestate", "baggage"})
+_ALL_HEADER_LINES = _HeaderLines()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +175,9 @@ class Tracing:
             self._provider.add_span_processor(self._processor)
         self._tracer = self._provider.get_tracer("inference-sidecar", __version__)
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+        # The baggage propagator warns for each malformed header a client sends: the log would
+        # carry whatever a hostile client likes. Such baggage is dropped either way.
+        logging.getLogger("opentelemetry.baggage.propagation").setLevel(logging.ERROR)
         self._trace_context = TraceContextTextMapPropagator()
 
     @property
@@ -157,9 +186,15 @@ class Tracing:
 
     def start(self, headers: CIMultiDictProxy[str], method: str, route: str | None, start_ns: int) -> ServerSpan:
         """Continue the caller's trace (or start one) with a SERVER span that began at `start_ns`."""
-        parent = self._propagator.extract(headers)
-        if "traceparent" in headers and not trace.get_current_span(parent).get_span_context().is_valid:
+        try:
+            parent = self._propagator.extract(headers, getter=_ALL_HEADER_LINES)
+        except Exception:
+            # A propagator that trips over hostile bytes must not cost the request: new trace.
+            parent = Context()
             self.invalid_trace_headers += 1
+        else:
+            if "traceparent" in headers and not trace.get_current_span(parent).get_span_context().is_valid:
+                self.invalid_trace_headers += 1
         if not self.exporting:
             return ServerSpan(trace.get_current_span(parent), parent, start_ns, own=False)  # type: ignore[arg-type]
         known = method in KNOWN_METHODS

@@ -55,7 +55,7 @@ class _Reading:
 
     def finish(self, reason: object) -> None:
         if isinstance(reason, str) and reason and len(self.finish_reasons) < 16:
-            self.finish_reasons.append(reason)
+            self.finish_reasons.append(well_formed(reason) or "")
 
     def set_model(self, model: object) -> None:
         if isinstance(model, str) and model:
