@@ -239,7 +239,7 @@ SECRET_MARKER = _SecretMarker()
 Secret = Annotated[str, SECRET_MARKER]
 """A credential: shown masked wherever the effective config is shown (`masked_config`)."""
 
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
                "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}  # fmt: skip
 _RATE_EXPECTED = "a rate such as 10/s, 60/min, 10000/min or 1000/h (or a number per second)"
@@ -268,9 +268,10 @@ def parse_rate(value: object) -> float:
 def format_rate(per_second: float) -> str:
     """The rate in the smallest unit that gives a whole count ("10000/min", not "166.66.../s")."""
     for unit, size in (("s", 1.0), ("min", 60.0), ("h", 3600.0), ("day", 86400.0)):
-        count = per_second * size
-        if abs(count - round(count)) < 1e-9 * max(1.0, count):
-            return f"{round(count)}/{unit}"
+        count = round(per_second * size)
+        text = f"{count}/{unit}"
+        if count and parse_rate(text) == per_second:  # exactly: the shown config must be the running one
+            return text
     return f"{per_second!r}/s"
 
 
@@ -1198,7 +1199,7 @@ def _read_yaml_file(path: Path, layers: _Layers, problems: list[str]) -> None:
         problems.append(f"{path}: not valid YAML: {exc}")
         return
     except RecursionError:
-        problems.append(f"{path}: nested too deeply to be a config")
+        problems.append(f"{path}: nested too deeply; expected a config of a few levels")
         return
     if node is None:
         return
@@ -1260,19 +1261,20 @@ def _construct(
 ) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
-        raise _YamlLimit(f"more than {_MAX_YAML_VALUES} values (aliases expanding without end?); expected a config")
+        raise _YamlLimit(f"expected a config, got more than {_MAX_YAML_VALUES} values (aliases expanding without end?)")
     if len(key_path) > _MAX_YAML_DEPTH:
-        raise _YamlLimit(f"nested more than {_MAX_YAML_DEPTH} levels deep (a self-referencing alias?); expected a config")
+        raise _YamlLimit(f"expected a config, got nesting more than {_MAX_YAML_DEPTH} levels deep (a self-referencing alias?)")
     if isinstance(node, yaml.MappingNode):
         try:
             constructor.flatten_mapping(node)
         except yaml.YAMLError as exc:
-            problems.append(f"{_mark(path, node)}: {_dotted(key_path)}: cannot merge keys: {_yaml_problem(exc)}")
+            problems.append(f"{_mark(path, node)}: {_dotted(key_path)}: cannot merge keys ({_yaml_problem(exc)}); "
+                            "expected `<<:` to name a mapping or a list of mappings")
             return {}
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                problems.append(f"{_mark(path, key_node)}: {_dotted(key_path)}: a key must be a name, not a list or mapping")
+                problems.append(f"{_mark(path, key_node)}: {_dotted(key_path)}: got a list or mapping as a key; expected a name")
                 continue
             key = _scalar(key_node, path, key_path, problems, constructor)
             child_path = key_path + (key,)
@@ -1299,7 +1301,10 @@ def _scalar(node: yaml.Node, path: Path | str, key_path: KeyPath, problems: list
         return constructor.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         # SafeLoader's constructors raise more than YAMLError for values like `!!int x` or `!!timestamp x`.
-        problems.append(f"{_mark(path, node)}: {_dotted(key_path)}: cannot read {node.value!r}: {_yaml_problem(exc)}")
+        problems.append(
+            f"{_mark(path, node)}: {_dotted(key_path)}: got {str(node.value)[:80]!r} tagged {node.tag} "
+            f"({_yaml_problem(exc)}); expected a plain value"
+        )
         return None
 
 
@@ -1331,7 +1336,7 @@ def _env_value(raw: str, origin: str, key_path: KeyPath, problems: list[str]) ->
     except yaml.YAMLError:
         return raw
     except RecursionError:
-        problems.append(f"{origin}: {_dotted(key_path)}: nested too deeply; expected a flow list or mapping")
+        problems.append(f"{origin}: {_dotted(key_path)}: nested too deeply; expected a flat list or mapping")
         return None
     if node is None:
         return raw

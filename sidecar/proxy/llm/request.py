@@ -15,11 +15,16 @@ import json
 import re
 from dataclasses import dataclass
 
-# Strings (skipped whole, however long: a base64 image is one token), brackets and colons.
-# The closing quote is a group of its own: a string cut off by the prefix has none.
-_TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)(")?|[{}\[\]:]')
-_STRING_VALUE = re.compile(rb'\s*"((?:[^"\\]|\\.){1,512})"')
-_BOOLEAN_VALUE = re.compile(rb"\s*(true|false)")
+# The top-level object is walked key by key: each value is skipped by the C JSON decoder,
+# so a prefix costs one Python step per top-level key, however large or deep the values.
+_KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:')
+_AFTER_VALUE = re.compile(r"[ \t\n\r]*([,}])")
+_DECODER = json.JSONDecoder()
+# A request's top level has a few dozen keys; a body of thousands is not a model call worth
+# the time (each key is a Python step, on the event loop).
+_MAX_TOP_LEVEL_KEYS = 256
+_MAX_PREFIX_MODEL = 512
+"""A longer "model" in a prefix is taken for noise, not a name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,36 +58,48 @@ def read_request(body: bytes, complete: bool) -> RequestFacts:
 
 
 def _top_level_model_and_stream(prefix: bytes) -> tuple[str | None, bool | None]:
-    """`model` and `stream` of the top-level object, as far as `prefix` shows them."""
+    """`model` and `stream` of the top-level object, as far as `prefix` shows them.
+
+    The last occurrence of a key wins, as in the JSON parsers model servers use.
+    """
+    # As json.loads decodes bytes (an encoded surrogate reads as one); what follows a byte that
+    # is not UTF-8 at all (or a character cut in two by the prefix) is left unread.
+    try:
+        text = prefix.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        text = prefix[: exc.start].decode("utf-8", "surrogatepass")
+    start = text.lstrip(" \t\n\r\ufeff")
+    if not start.startswith("{"):
+        return None, None
+    position = len(text) - len(start) + 1
     model: str | None = None
     stream: bool | None = None
-    depth = 0
-    key: bytes | None = None
-    for token in _TOKEN.finditer(prefix):
-        text = token.group()
-        if text[:1] == b'"':
-            if token.group(2) is None:
-                break  # cut off by the end of the prefix
-            key = token.group(1) if depth == 1 else None
-            continue
-        if text == b":":
-            # The last occurrence wins, as in the JSON parsers model servers use.
-            if key == b"model":
-                value = _STRING_VALUE.match(prefix, token.end())
-                if value is not None:
-                    try:
-                        decoded = json.loads(b'"' + value.group(1) + b'"')
-                    except ValueError:
-                        decoded = None
-                    model = decoded if isinstance(decoded, str) else None
-            elif key == b"stream":
-                value = _BOOLEAN_VALUE.match(prefix, token.end())
-                if value is not None:
-                    stream = value.group(1) == b"true"
-            key = None
-            continue
-        key = None
-        depth += 1 if text in (b"{", b"[") else -1
-        if depth <= 0:
-            break  # the top-level object ended (or the body is not one)
+    for _ in range(_MAX_TOP_LEVEL_KEYS):
+        key = _KEY.match(text, position)
+        if key is None:
+            break
+        try:
+            value, position = _DECODER.raw_decode(text, _skip_space(text, key.end()))
+        except (ValueError, RecursionError):
+            break  # the value is cut off by the end of the prefix (or is not JSON)
+        name = key.group(1)
+        if "\\" in name:
+            try:
+                name = json.loads(f'"{name}"')
+            except ValueError:
+                break
+        if name == "model":
+            model = value if isinstance(value, str) and 0 < len(value) <= _MAX_PREFIX_MODEL else None
+        elif name == "stream":
+            stream = value if isinstance(value, bool) else None
+        after = _AFTER_VALUE.match(text, position)
+        if after is None or after.group(1) == "}":
+            break
+        position = after.end()
     return model, stream
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\n\r":
+        position += 1
+    return position
