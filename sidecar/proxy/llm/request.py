@@ -18,6 +18,7 @@ from dataclasses import dataclass
 # The top-level object is walked key by key: each value is skipped by the C JSON decoder,
 # so a prefix costs one Python step per top-level key, however large or deep the values.
 _KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:')
+_SPACE = re.compile(r"[ \t\n\r]*")
 _AFTER_VALUE = re.compile(r"[ \t\n\r]*([,}])")
 _DECODER = json.JSONDecoder()
 # A request's top level has a few dozen keys; a body of thousands is not a model call worth
@@ -100,6 +101,4 @@ def _top_level_model_and_stream(prefix: bytes) -> tuple[str | None, bool | None]
 
 
 def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\n\r":
-        position += 1
-    return position
+    return _SPACE.match(text, position).end()  # type: ignore[union-attr]  # always matches
