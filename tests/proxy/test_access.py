@@ -379,3 +379,16 @@ async def test_a_reload_keeps_bucket_levels_and_failure_counts(
     async with aiohttp.ClientSession() as client:
         async with client.get(f"{running.admin_url}/metrics") as response:
             assert 'sidecar_auth_failures_total{reason="unknown_key"} 2.0' in await response.text()
+
+
+async def test_credential_bytes_that_are_not_utf8_get_401_not_500(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, credentials: Credentials
+) -> None:
+    running = await make_sidecar(upstream.url, **credentials.auth_settings())
+    for header in (b"Authorization: Bearer sk-\xff\xfe", b"X-API-Key: \xc3\x28key"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.sidecar.proxy_address.port)
+        writer.write(b"GET /echo/x HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:80]

@@ -78,7 +78,9 @@ class ApiKey:
 
 def digest(key: str) -> str:
     """The hex SHA-256 digest a key file stores for `key`."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogateescape: header bytes that are not UTF-8 arrive as lone surrogates; such a key
+    # matches nothing, and must not raise.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_key() -> str:
