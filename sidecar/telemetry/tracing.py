@@ -175,9 +175,12 @@ class Tracing:
             self._provider.add_span_processor(self._processor)
         self._tracer = self._provider.get_tracer("inference-sidecar", __version__)
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-        # The baggage propagator warns for each malformed header a client sends: the log would
-        # carry whatever a hostile client likes. Such baggage is dropped either way.
-        logging.getLogger("opentelemetry.baggage.propagation").setLevel(logging.ERROR)
+        # The propagators warn for each malformed header a client sends, quoting it: the log
+        # would carry whatever a hostile client likes. Such headers are dropped either way, and
+        # sidecar_trace_context_invalid counts broken traceparents.
+        for name in ("opentelemetry.baggage.propagation", "opentelemetry.trace.propagation.tracecontext",
+                     "opentelemetry.trace.span"):  # fmt: skip
+            logging.getLogger(name).setLevel(logging.ERROR)
         self._trace_context = TraceContextTextMapPropagator()
 
     @property
