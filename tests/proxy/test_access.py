@@ -392,3 +392,20 @@ async def test_credential_bytes_that_are_not_utf8_get_401_not_500(
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+
+
+@pytest.mark.parametrize(("per", "second_key_status"), [("tenant", 429), ("credential", 200)])
+async def test_buckets_are_per_tenant_or_per_credential(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, credentials: Credentials, per: str, second_key_status: int
+) -> None:
+    credentials.write_keys(
+        [{"id": "one", "key": new_key(), "tenant": "shared", "tier": "t"},
+         {"id": "two", "key": new_key(), "tenant": "shared", "tier": "t"}]  # fmt: skip
+    )
+    running = await make_sidecar(
+        upstream.url, **credentials.auth_settings(), limits__enabled=True, limits__per=per,
+        limits__tiers={"t": {"requests": "1/min", "request_burst": 1}},
+    )  # fmt: skip
+    assert (await _get(f"{running.url}/echo/a", _bearer(credentials.keys["one"])))[0] == 200
+    assert (await _get(f"{running.url}/echo/b", _bearer(credentials.keys["one"])))[0] == 429
+    assert (await _get(f"{running.url}/echo/c", _bearer(credentials.keys["two"])))[0] == second_key_status
