@@ -563,7 +563,12 @@ class ProxyHandler:
                     flight.request_prefix = body
                 if flight.content is not None:
                     flight.content.request(body)
-            elif identity is not None and flight.tap is not None and access.needs_request_facts(identity):  # type: ignore[union-attr]
+            elif (
+                access is not None
+                and identity is not None
+                and flight.tap is not None
+                and access.needs_request_facts(identity)
+            ):
                 # An access decision rests on the model or stream flag: read and parse the whole
                 # body, as the model server will. A prefix could be fooled by a second "model"
                 # key further on (JSON parsers keep the last).
@@ -579,8 +584,7 @@ class ProxyHandler:
                 body = self._stream_request_body(request, settings, flight)
 
         client_ip = request.remote
-        if identity is not None:
-            assert access is not None
+        if access is not None and identity is not None:
             model_call = flight.tap is not None
             model, stream = path_model, False
             if model_call and access.needs_request_facts(identity):
