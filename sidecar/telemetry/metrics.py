@@ -191,6 +191,10 @@ class GenAiMetrics:
             ["gen_ai_operation_name"],
             registry=registry,
         )
+        self._durations = LabelledChildren(self._duration)
+        self._ttfts = LabelledChildren(self._ttft)
+        self._tpots = LabelledChildren(self._tpot)
+        self._token_counts = LabelledChildren(self._tokens)
 
     def __call__(self, exchange: Exchange) -> None:
         call = exchange.gen_ai
@@ -203,16 +207,16 @@ class GenAiMetrics:
         )
         exemplar = _exemplar(exchange)
         error_type = exchange.error_type or (str(exchange.status) if exchange.status >= 400 else "")
-        self._duration.labels(*labels, error_type).observe(exchange.duration_s, exemplar)
+        self._durations(*labels, error_type).observe(exchange.duration_s, exemplar)
         succeeded = not error_type
         if succeeded and call.time_to_first_token_s is not None:
-            self._ttft.labels(*labels).observe(call.time_to_first_token_s, exemplar)
+            self._ttfts(*labels).observe(call.time_to_first_token_s, exemplar)
         if succeeded and call.time_per_output_token_s is not None:
-            self._tpot.labels(*labels).observe(call.time_per_output_token_s, exemplar)
+            self._tpots(*labels).observe(call.time_per_output_token_s, exemplar)
         if call.input_tokens is not None:
-            self._tokens.labels(*labels, "input").observe(call.input_tokens)
+            self._token_counts(*labels, "input").observe(call.input_tokens)
         if call.output_tokens is not None:
-            self._tokens.labels(*labels, "output").observe(call.output_tokens)
+            self._token_counts(*labels, "output").observe(call.output_tokens)
         if call.parse_error is not None:
             self._unparsed.labels(call.operation).inc()
 
