@@ -68,7 +68,7 @@ from sidecar.rules.spec import SpecError, effective_rules
 from sidecar.rules.state import StateFile
 from sidecar.observe import Broadcast
 from sidecar.proxy.access import AccessControl
-from sidecar.proxy.access_metrics import AccessCollector, TenantMetrics
+from sidecar.proxy.access_metrics import AccessCollector
 from sidecar.proxy.auth.authenticator import AuthSetupError as CredentialsError
 from sidecar.proxy.handler import ProxyHandler, ProxySettings
 from sidecar.proxy.health import HealthProber
@@ -83,6 +83,7 @@ from sidecar.telemetry.metrics import (
     GenAiMetrics,
     HealthMetrics,
     LiveGauges,
+    TenantMetrics,
     register_build_info,
 )
 

@@ -1,23 +1,18 @@
-"""Metrics of access control: authentication failures, rate-limit refusals, and per-tenant traffic.
+"""Metrics of access control: authentication failures and rate-limit refusals.
 
-Counts kept by the authenticator and the limiter are read at scrape time
-(nothing to keep in sync); per-tenant traffic is counted from Exchanges,
-under a tenant label bounded by `metrics.max_tenants`.
+Counts kept by access control are read at scrape time (nothing to keep in
+sync). Per-tenant traffic is counted from Exchanges by
+`sidecar.telemetry.metrics.TenantMetrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.exchange import Exchange
 from sidecar.proxy.access import AccessControl
-
-# The refusals access control makes; any other failure counts as `error`.
-_ACCESS_RESULTS = frozenset({"unauthenticated", "forbidden", "rate_limited"})
 
 
 class AccessCollector(Collector):
@@ -54,47 +49,3 @@ class AccessCollector(Collector):
             "Tenants, credentials and client IPs whose rate-limit buckets are held (bounded by limits.max_tracked).",
             value=limiter.tracked if limiter is not None else 0,
         )
-
-
-class TenantMetrics:
-    """Per-tenant requests by result and model tokens by type; an Exchange observer."""
-
-    def __init__(self, registry: CollectorRegistry, label_tenant: Callable[[str | None], str]) -> None:
-        self._label_tenant = label_tenant
-        self._requests = Counter(
-            "sidecar_tenant_requests",
-            "Requests by tenant ('none': anonymous) and result: ok, error (the upstream's or the "
-            "sidecar's), unauthenticated, forbidden, rate_limited.",
-            ["tenant", "result"],
-            registry=registry,
-        )
-        self._tokens = Counter(
-            "sidecar_tenant_tokens",
-            "Model tokens by tenant and type (input, output), as the model server reported or the sidecar counted.",
-            ["tenant", "type"],
-            registry=registry,
-        )
-        self._children: dict[tuple[str, str], Counter] = {}
-        self._token_children: dict[tuple[str, str], Counter] = {}
-
-    def __call__(self, exchange: Exchange) -> None:
-        tenant = self._label_tenant(exchange.principal.tenant) or "none"
-        error_type = exchange.error_type
-        if error_type is None and exchange.status < 500:
-            result = "ok"
-        else:
-            result = error_type if error_type in _ACCESS_RESULTS else "error"
-        key = (tenant, result)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._requests.labels(tenant, result)
-        child.inc()
-        gen_ai = exchange.gen_ai
-        if gen_ai is not None:
-            for kind, count in (("input", gen_ai.input_tokens), ("output", gen_ai.output_tokens)):
-                if count:
-                    token_key = (tenant, kind)
-                    token_child = self._token_children.get(token_key)
-                    if token_child is None:
-                        token_child = self._token_children[token_key] = self._tokens.labels(tenant, kind)
-                    token_child.inc(count)

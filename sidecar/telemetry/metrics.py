@@ -315,3 +315,43 @@ class LiveGauges(Collector):
             "proxy.request_header_timeout (slow or stalled clients, slowloris).",
             value=self._header_timeouts(),
         )
+
+
+# The refusals access control makes; any other failure counts as `error`.
+_ACCESS_RESULTS = frozenset({"unauthenticated", "forbidden", "rate_limited"})
+
+
+class TenantMetrics:
+    """Per-tenant requests by result and model tokens by type; an Exchange observer."""
+
+    def __init__(self, registry: CollectorRegistry, label_tenant: Callable[[str | None], str]) -> None:
+        self._label_tenant = label_tenant
+        self._requests = Counter(
+            "sidecar_tenant_requests",
+            "Requests by tenant ('none': anonymous) and result: ok, error (the upstream's or the "
+            "sidecar's), unauthenticated, forbidden, rate_limited.",
+            ["tenant", "result"],
+            registry=registry,
+        )
+        self._tokens = Counter(
+            "sidecar_tenant_tokens",
+            "Model tokens by tenant and type (input, output), as the model server reported or the sidecar counted.",
+            ["tenant", "type"],
+            registry=registry,
+        )
+        self._request_counts = LabelledChildren(self._requests)
+        self._token_counts = LabelledChildren(self._tokens)
+
+    def __call__(self, exchange: Exchange) -> None:
+        tenant = self._label_tenant(exchange.principal.tenant) or "none"
+        error_type = exchange.error_type
+        if error_type is None and exchange.status < 500:
+            result = "ok"
+        else:
+            result = error_type if error_type in _ACCESS_RESULTS else "error"
+        self._request_counts(tenant, result).inc()
+        gen_ai = exchange.gen_ai
+        if gen_ai is not None:
+            for kind, count in (("input", gen_ai.input_tokens), ("output", gen_ai.output_tokens)):
+                if count:
+                    self._token_counts(tenant, kind).inc(count)
