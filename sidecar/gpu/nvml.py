@@ -229,6 +229,8 @@ class NvmlCollector:
         self._driver_version = ""
         self._init_at = 0.0
         self._latest: dict[str, GpuSample] = {}
+        # Per thread: only the sampler's own events wait for its pass; the XID watcher's go at once.
+        self._held = threading.local()
         self._samples_taken = 0
         self._read_errors: dict[str, int] = {}
         self._read_timeouts = 0
@@ -303,7 +305,16 @@ class NvmlCollector:
             if not self._available:
                 self._publish([self._state_sample(gpu, GpuState.UNAVAILABLE) for gpu in self._gpus.values()])
                 return
-        self._publish(self._sample_gpus())
+        # A pass's events go out after its samples: whoever hears "recovered" (or "read_timeout")
+        # then finds the state it announces in `latest()`, not the pass before.
+        held = self._held.events = []
+        try:
+            samples = self._sample_gpus()
+        finally:
+            self._held.events = None
+        self._publish(samples)
+        for event in held:
+            self._deliver(event)
 
     def _init_nvml(self) -> None:
         nvml = self._nvml
@@ -510,10 +521,17 @@ class NvmlCollector:
             at=self._clock(), kind=kind, gpu=gpu.key if gpu else None, uuid=gpu.uuid if gpu else None,
             message=message, xid=xid,
         )  # fmt: skip
+        held: list[GpuEvent] | None = getattr(self._held, "events", None)
+        if held is not None:
+            held.append(event)
+        else:
+            self._deliver(event)
+
+    def _deliver(self, event: GpuEvent) -> None:
         try:
             self._on_event(event)
         except Exception:
-            logger.exception("GPU event observer raised; %s event dropped", kind)
+            logger.exception("GPU event observer raised; %s event dropped", event.kind)
 
     def _count_error(self, reader: str) -> None:
         with self._lock:
