@@ -1299,8 +1299,9 @@ def _construct(
 def _scalar(node: yaml.Node, path: Path | str, key_path: KeyPath, problems: list[str], constructor: yaml.SafeLoader) -> Any:
     try:
         return constructor.construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        # SafeLoader's constructors raise more than YAMLError for values like `!!int x` or `!!timestamp x`.
+    except Exception as exc:
+        # SafeLoader's constructors raise whatever their parsing trips on for a tagged value:
+        # ValueError for `!!int x`, IndexError for an empty `!!int`, KeyError, TypeError, ...
         problems.append(
             f"{_mark(path, node)}: {_dotted(key_path)}: got {str(node.value)[:80]!r} tagged {node.tag} "
             f"({_yaml_problem(exc)}); expected a plain value"
