@@ -10,7 +10,6 @@ and its token usage charged, by `settle` when the Exchange is final.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from multidict import CIMultiDict
 from sidecar.config import AuthConfig, LimitsConfig
 from sidecar.exchange import ANONYMOUS, Exchange, Principal
 from sidecar.proxy.auth.authenticator import Authenticator, AuthFailure, Identity
-from sidecar.proxy.limits import ALLOWED, Decision, FailureThrottle, RateLimiter
+from sidecar.proxy.limits import ALLOWED, Decision, FailureThrottle, RateLimiter, retry_headers
 
 _ANONYMOUS_IDENTITY = Identity(ANONYMOUS, None)
 _CREDENTIAL_HEADERS = ("Authorization", "X-API-Key")
@@ -54,17 +53,16 @@ class AccessControl:
     def __init__(self, auth: AuthConfig, limits: LimitsConfig) -> None:
         # Kept here, not in the authenticator, so a reload that rebuilds it does not reset the counts.
         self.auth_failures: Counter[str] = Counter()
-        self.authenticator = Authenticator(auth, failures=self.auth_failures) if auth.enabled else None
-        self.throttle = (
-            FailureThrottle(auth.failure_throttle) if auth.enabled and auth.failure_throttle.max_failures else None
-        )
-        self.limiter = RateLimiter(limits) if limits.enabled else None
-        self._auth = auth
+        self.authenticator: Authenticator | None = None
+        self.throttle: FailureThrottle | None = None
+        self.limiter: RateLimiter | None = None
+        self._auth: AuthConfig | None = None
         self._limits = limits
-        self._limits_streams = _limits_streams(limits)
+        self._limits_streams = False
+        self.reconfigure(auth, limits)  # from nothing: builds each part the config turns on
 
     def reconfigure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
-        """Apply a reloaded config: credentials re-read, limits changed, bucket levels kept."""
+        """Apply a (re)loaded config: credentials re-read, limits changed, bucket levels kept."""
         if auth != self._auth or self.authenticator is None:
             self.authenticator = Authenticator(auth, failures=self.auth_failures) if auth.enabled else None
         elif self.authenticator is not None:
@@ -168,9 +166,4 @@ def _limits_streams(limits: LimitsConfig) -> bool:
 
 
 def _too_many(error_type: str, message: str, wait: float) -> Refusal:
-    return Refusal(
-        429,
-        error_type,
-        message,
-        (("Retry-After", str(max(1, math.ceil(wait)))), ("retry-after-ms", str(max(1, math.ceil(wait * 1000))))),
-    )
+    return Refusal(429, error_type, message, retry_headers(wait))

@@ -375,10 +375,7 @@ class RateLimiter:
     ) -> Decision:
         self.rejections[limit] += 1
         headers = self._headers(buckets) if buckets is not None else ()
-        headers += (
-            ("retry-after", str(max(1, math.ceil(retry_after - _SLACK)))),
-            ("retry-after-ms", str(max(1, math.ceil(retry_after * 1000 - _SLACK)))),
-        )
+        headers += retry_headers(retry_after)
         who = _who(subject)
         wait = _seconds_text(retry_after)
         if limit == TOKENS:
@@ -393,6 +390,17 @@ class RateLimiter:
             message = (f"{who} has {held} streamed answers open, its limit of {spec.concurrent_streams}; "
                        f"retry in {wait} (a fixed hint: a slot frees when one of them ends)")  # fmt: skip
         return Decision(allowed=False, limit=limit, retry_after=retry_after, headers=headers, message=message)
+
+
+def retry_headers(seconds: float) -> tuple[tuple[str, str], ...]:
+    """`retry-after` (whole seconds) and `retry-after-ms`, rounded up and at least 1, for a 429.
+
+    Both, because the OpenAI SDKs read `retry-after-ms` first and HTTP clients know `retry-after`.
+    """
+    return (
+        ("retry-after", str(max(1, math.ceil(seconds - _SLACK)))),
+        ("retry-after-ms", str(max(1, math.ceil(seconds * 1000 - _SLACK)))),
+    )
 
 
 @dataclass(slots=True)
