@@ -8,7 +8,9 @@ inline with the request. Anything slow belongs behind a queue of its own.
 An observer that raises must not break the request path or starve the other
 observers, so each call is isolated; failures are counted (for `/metrics`) and
 logged at most once a minute per observer so a broken observer cannot flood
-the log.
+the log. Parts that poll sources of their own (the rules engine's readings,
+the status page's sources) isolate them with `ProblemLog`, which logs each
+distinct problem once, until the source works again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -62,3 +64,28 @@ class Broadcast(Generic[T]):
                 "observer failed",
                 extra={"broadcast": self.name, "observer": name, "failures": self._failures[name]},
             )
+
+
+class ProblemLog:
+    """Reads sources that may fail; logs a source's failure once per distinct problem, not per read."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._failing: dict[str, str] = {}
+
+    def read(self, key: str, read: Callable[[], T], message: str, **extra: Any) -> T | None:
+        """`read()`, or None when it raises (logged with `message` and `extra` if the problem is new
+        for `key`, which names the source)."""
+        try:
+            value = read()
+        except Exception as exc:
+            self.failed(key, exc, message, **extra)
+            return None
+        self._failing.pop(key, None)
+        return value
+
+    def failed(self, key: str, exc: BaseException, message: str, **extra: Any) -> None:
+        problem = f"{exc.__class__.__name__}: {exc}"
+        if self._failing.get(key) != problem:
+            self._log.error(message, extra={**extra, "error": problem})
+            self._failing[key] = problem

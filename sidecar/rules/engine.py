@@ -52,6 +52,7 @@ from typing import Any
 
 from sidecar.config import format_duration
 from sidecar.exchange import Exchange, GpuEvent, GpuSample, HealthResult, HealthState
+from sidecar.observe import ProblemLog
 from sidecar.rules.alert import Alert, AlertState, AlertTransition
 from sidecar.rules.signals import QUANTILE_SIGNALS, SIGNALS, Shape, Source, gpu_readings
 from sidecar.rules.spec import (
@@ -279,7 +280,7 @@ class RuleEngine:
         self._series = SeriesStore(self._horizons)
         self._readings: dict[str, Callable[[], float | None]] = {}
         self._counters: dict[str, _Counter] = {}
-        self._failing_sources: dict[str, str] = {}
+        self._problems = ProblemLog(logger)
         self._last_prune = now
         self._evaluations = 0
         self._evaluation_failures = 0
@@ -333,10 +334,7 @@ class RuleEngine:
             readings = gpu_readings(sample)
         except (TypeError, ValueError, OverflowError) as exc:
             # A field the driver garbled (a NaN bit mask) must not take the collector's callback down.
-            problem = f"{exc.__class__.__name__}: {exc}"
-            if self._failing_sources.get(f"gpu:{sample.uuid}") != problem:
-                logger.error("rules: unreadable GPU sample", extra={"gpu": sample.gpu, "error": problem})
-                self._failing_sources[f"gpu:{sample.uuid}"] = problem
+            self._problems.failed(f"gpu:{sample.uuid}", exc, "rules: unreadable GPU sample", gpu=sample.gpu)
             return
         key, labels = _gpu_identity(sample.gpu, sample.uuid, sample.gpu_instance_id)
         for signal, value in readings.items():
@@ -391,17 +389,7 @@ class RuleEngine:
 
     def _read(self, signal: str, read: Callable[[], float | None]) -> float | None:
         """The source's value as a float, or None when it has none or fails (logged once per problem)."""
-        try:
-            value = read()
-            value = None if value is None else float(value)
-        except Exception as exc:
-            problem = f"{exc.__class__.__name__}: {exc}"
-            if self._failing_sources.get(signal) != problem:
-                logger.error("rules: reading a signal failed", extra={"signal": signal, "error": problem})
-                self._failing_sources[signal] = problem
-            return None
-        self._failing_sources.pop(signal, None)
-        return value
+        return self._problems.read(signal, lambda: _as_float(read()), "rules: reading a signal failed", signal=signal)
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -792,3 +780,7 @@ def _alert_from_record(record: Mapping[str, Any]) -> Alert:
         last_held_at=float(record.get("last_held_at") or record["active_at"]),
         keep_firing_since=optional("keep_firing_since"),
     )
+
+
+def _as_float(value: float | None) -> float | None:
+    return None if value is None else float(value)

@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from sidecar.exchange import Exchange, GpuSample, GpuState
+from sidecar.observe import ProblemLog
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class StatusPage:
         self._cost_cloud = 0.0
         self._cost_seen = False
         self._task: asyncio.Task[None] | None = None
-        self._failing: dict[str, str] = {}
+        self._problems = ProblemLog(logger)
 
     # --- feeding ---------------------------------------------------------------------------------
 
@@ -300,16 +301,7 @@ class StatusPage:
 
     def _read(self, source: str, read: Callable[[], Any]) -> Any:
         """The source's answer, or None when it fails (logged once per problem, not per poll)."""
-        try:
-            value = read()
-        except Exception as exc:
-            problem = f"{exc.__class__.__name__}: {exc}"
-            if self._failing.get(source) != problem:
-                logger.error("status page: reading a source failed", extra={"source": source, "error": problem})
-                self._failing[source] = problem
-            return None
-        self._failing.pop(source, None)
-        return value
+        return self._problems.read(source, read, "status page: reading a source failed", source=source)
 
     async def start(self) -> None:
         if self._task is None:
