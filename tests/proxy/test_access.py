@@ -18,7 +18,7 @@ from aiohttp import web
 from sidecar.audit.sinks import audit_files, read_documents
 from sidecar.proxy.auth.keys import new_key
 from tests.conftest import RunningSidecar, SidecarFactory
-from tests.support.credentials import Credentials, make_credentials
+from tests.support.credentials import Credentials, make_credentials, unsigned_token
 from tests.support.tools import serve_on_loopback, wait_for
 from tests.support.upstream import TestUpstream
 
@@ -79,7 +79,7 @@ async def test_refused_credentials_get_401_and_an_audit_event_without_the_token(
         "expired": credentials.rs256(exp=int(time.time()) - 600),
         "bad_signature": credentials.hs256(secret="not-the-shared-secret-but-32-bytes-long"),
         "wrong_audience": credentials.rs256(aud="billing"),
-        "algorithm_not_allowed": _none_token(),
+        "algorithm_not_allowed": unsigned_token(),
         "unknown_kid": credentials.rs256(kid="gone"),
         "unknown_key": "sk-sidecar-" + "A" * 43,
     }
@@ -111,15 +111,6 @@ async def test_refused_credentials_get_401_and_an_audit_event_without_the_token(
         assert token not in stored
         signature = token.rsplit(".", 1)[-1]
         assert not signature or signature not in stored  # not even the signature part
-
-
-def _none_token() -> str:
-    import base64
-
-    def segment(data: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-    return f"{segment({'alg': 'none'})}.{segment({'exp': int(time.time()) + 60, 'aud': 'inference'})}."
 
 
 async def test_a_model_outside_the_allowlist_gets_403(

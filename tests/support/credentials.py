@@ -3,6 +3,7 @@ HS256, RS256 (through a JWKS) and ES256, made with the same PyJWT the sidecar ve
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -100,3 +101,14 @@ def make_credentials(directory: Path) -> Credentials:
         ]
     )
     return credentials
+
+
+def jwt_segment(data: dict[str, object]) -> str:
+    """One base64url segment of a JWT, for tokens made by hand (PyJWT refuses to make bad ones)."""
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def unsigned_token() -> str:
+    """An `alg: none` token with otherwise valid claims: must be refused for its algorithm alone."""
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, "tenant": "acme"}
+    return f"{jwt_segment({'alg': 'none', 'typ': 'JWT'})}.{jwt_segment(claims)}."

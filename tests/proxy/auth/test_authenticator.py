@@ -17,7 +17,15 @@ from cryptography.hazmat.primitives import serialization
 from sidecar.config import AuthConfig
 from sidecar.proxy.auth.authenticator import Authenticator, AuthFailure, AuthSetupError
 from sidecar.proxy.auth.keys import digest, new_key
-from tests.support.credentials import AUDIENCE, HS_SECRET, ISSUER, Credentials, make_credentials
+from tests.support.credentials import (
+    AUDIENCE,
+    HS_SECRET,
+    ISSUER,
+    Credentials,
+    jwt_segment,
+    make_credentials,
+    unsigned_token,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +80,6 @@ def test_claim_names_are_configurable_and_may_be_nested(credentials: Credentials
     assert (principal.tenant, principal.user, principal.tier) == ("umbrella", "eve@example.com", "free")
 
 
-def _segment(data: dict[str, object]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def _none_token() -> str:
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, "tenant": "acme"}
-    return f"{_segment({'alg': 'none', 'typ': 'JWT'})}.{_segment(claims)}."
-
-
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -92,7 +91,7 @@ def _none_token() -> str:
         (lambda c: c.rs256(exp=None), "missing_claim"),
         (lambda c: c.rs256(nbf=int(time.time()) + 3600), "not_yet_valid"),
         (lambda c: c.rs256(kid="rotated-away"), "unknown_kid"),
-        (lambda c: _none_token(), "algorithm_not_allowed"),
+        (lambda c: unsigned_token(), "algorithm_not_allowed"),
         (lambda c: c.rs256()[:-4] + "AAAA", "bad_signature"),
         (lambda c: "abc.def.ghi", "malformed"),
         (lambda c: c.rs256(tenant="bad\nname"), "invalid_claim"),
@@ -125,7 +124,7 @@ def test_algorithm_confusion_hs256_signed_with_the_public_key_is_refused(credent
     )
     claims = {"aud": AUDIENCE, "exp": int(time.time()) + 60}
     # PyJWT itself refuses to sign like this, so the forgery is made by hand.
-    signing_input = f"{_segment({'alg': 'HS256', 'typ': 'JWT'})}.{_segment(claims)}"
+    signing_input = f"{jwt_segment({'alg': 'HS256', 'typ': 'JWT'})}.{jwt_segment(claims)}"
     signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
     forged = f"{signing_input}.{signature.rstrip(b'=').decode()}"
     assert _refusal(authenticator, {"Authorization": f"Bearer {forged}"}).reason == "algorithm_not_allowed"
