@@ -101,7 +101,8 @@ RESTART_REQUIRED = (
     "upstream.url",
     "upstream.max_connections",
     "upstream.keepalive_timeout",
-    "runtime.event_loop",
+    # The interpreter is set up once, before the event loop starts.
+    "runtime.",
     # The tracer provider and the metric families are built once at start.
     "tracing.",
     "metrics.",
@@ -679,7 +680,7 @@ class Sidecar:
             return False
         return idle.result()
 
-    async def run(self) -> None:
+    async def run(self, on_started: Callable[[], object] | None = None) -> None:
         """Start, serve until SIGTERM/SIGINT, then stop gracefully. SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         try:
@@ -687,6 +688,8 @@ class Sidecar:
         except BaseException:
             await self.stop()
             raise
+        if on_started is not None:
+            on_started()
         try:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -926,6 +929,11 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
-async def serve(config: Config, source: ConfigSource | None = None, logs: LogPipeline | None = None) -> None:
-    """Run the sidecar until it is told to stop."""
-    await Sidecar(config, source, logs).run()
+async def serve(
+    config: Config,
+    source: ConfigSource | None = None,
+    logs: LogPipeline | None = None,
+    on_started: Callable[[], object] | None = None,
+) -> None:
+    """Run the sidecar until it is told to stop; `on_started` runs once it serves."""
+    await Sidecar(config, source, logs).run(on_started)

@@ -127,6 +127,7 @@ def _print_problems(problems: list[str]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from sidecar.app import ConfigSource, StartupError, serve
     from sidecar.logs import LogPipeline
+    from sidecar.runtime import settle_heap, tune_interpreter
 
     source = ConfigSource(args.config or os.environ.get(ENV_CONFIG_FILE), flags=_flags(args))
     try:
@@ -137,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     logs = LogPipeline(config.log.level, config.log.format)
     logs.start()
     try:
-        _event_loop_runner(config)(serve(config, source, logs))
+        tune_interpreter(config.runtime)
+        _event_loop_runner(config)(serve(config, source, logs, on_started=lambda: settle_heap(config.runtime)))
     except StartupError as exc:
         print(f"sidecar: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
