@@ -266,8 +266,26 @@ def _scan_segment(data: mmap.mmap, size: int) -> _Scan:
     return _Scan(positions, bad, first_renumbered)
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolLevels:
+    """The spool's counters at one moment, published whole after each change."""
+
+    next_offset: int
+    committed_offset: int
+    pending_records: int
+    used_bytes: int
+
+
 class Spool:
-    """A segmented, checksummed, append-only log of records with a committed offset."""
+    """A segmented, checksummed, append-only log of records with a committed offset.
+
+    Appends, commits and reads take a lock, and an append holds it through
+    its fsync. The counters (`next_offset`, `committed_offset`,
+    `pending_records`, `used_bytes`) are read on the event loop by delivery,
+    /metrics, readiness and the status page, which must never wait for a
+    disk: they come from one immutable `SpoolLevels`, replaced under the lock
+    after each change and read without it.
+    """
 
     def __init__(
         self,
@@ -300,6 +318,7 @@ class Spool:
         self._total_bytes = 0
         self._dirty = False
         self._last_sync = 0.0
+        self._levels = SpoolLevels(0, 0, 0, 0)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -316,6 +335,7 @@ class Spool:
                 self._release_handles()
                 raise
             self._is_open = True
+            self._publish_levels()
             return report
 
     def close(self) -> None:
@@ -371,6 +391,7 @@ class Spool:
             # is tried again at the next commit.
             with suppress(OSError):
                 self._drop_delivered_segments()
+            self._publish_levels()
             return self._next_offset - 1
 
     def sync(self) -> None:
@@ -402,7 +423,10 @@ class Spool:
             self._write_committed(committed)
             self._pending -= self._records_between(self._committed, committed)
             self._committed = committed
-            self._drop_delivered_segments()
+            try:
+                self._drop_delivered_segments()
+            finally:
+                self._publish_levels()
 
     # -- reading ---------------------------------------------------------------
 
@@ -461,34 +485,39 @@ class Spool:
         return self._max_bytes
 
     @property
+    def levels(self) -> SpoolLevels:
+        """Every counter from the same moment; never waits for an append or its fsync."""
+        return self._levels
+
+    @property
     def committed_offset(self) -> int:
         """The offset of the next record to deliver (the last committed offset + 1)."""
-        with self._lock:
-            return self._committed
+        return self._levels.committed_offset
 
     @property
     def next_offset(self) -> int:
         """The offset the next appended record gets."""
-        with self._lock:
-            return self._next_offset
+        return self._levels.next_offset
 
     @property
     def used_bytes(self) -> int:
         """Bytes of the segments that hold undelivered records: what counts against `max_bytes`."""
-        with self._lock:
-            return self._used_bytes()
+        return self._levels.used_bytes
 
     @property
     def pending_records(self) -> int:
         """Records appended and not yet committed."""
-        with self._lock:
-            return self._pending
+        return self._levels.pending_records
 
     # -- internals: writing ----------------------------------------------------
 
     def _require_open(self) -> None:
         if not self._is_open:
             raise SpoolError(f"audit spool {self._directory} is not open")
+
+    def _publish_levels(self) -> None:
+        # One reference assignment: a reader sees the old levels or the new, never a mix.
+        self._levels = SpoolLevels(self._next_offset, self._committed, self._pending, self._used_bytes())
 
     def _used_bytes(self) -> int:
         # Delivered segments are deleted at every commit and append except the

@@ -186,6 +186,40 @@ def test_failed_append_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest
     spool.close()
 
 
+def test_counters_are_read_without_waiting_for_an_fsync_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The event loop reads these for delivery, /metrics and readiness; a slow disk must not stall it.
+    spool = opened(tmp_path, fsync=FsyncPolicy.ALWAYS)
+    spool.append([payload(0), payload(1)])
+    spool.commit(0)
+    syncing, release = threading.Event(), threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        release.wait(10)
+
+    monkeypatch.setattr(spool_module, "_sync_file_data", slow_sync)
+    appender = threading.Thread(target=spool.append, args=([payload(2)],))
+    appender.start()
+    try:
+        assert syncing.wait(5)
+        seen: list[object] = []
+        reader = threading.Thread(target=lambda: seen.append(spool.levels))
+        reader.start()
+        reader.join(1.0)
+        assert not reader.is_alive(), "reading the spool's counters waited for the fsync"
+        # The append is not done until its fsync is: the counters still show the state before it.
+        assert seen == [spool_module.SpoolLevels(next_offset=2, committed_offset=1, pending_records=1,
+                                                 used_bytes=spool.used_bytes)]  # fmt: skip
+        assert (spool.next_offset, spool.committed_offset, spool.pending_records) == (2, 1, 1)
+    finally:
+        release.set()
+        appender.join(5)
+    assert (spool.next_offset, spool.committed_offset, spool.pending_records) == (3, 1, 2)
+    spool.close()
+
+
 def test_interval_policy_syncs_when_due(tmp_path: Path) -> None:
     spool = opened(tmp_path, fsync=FsyncPolicy.INTERVAL, fsync_interval=0.05)
     spool.append([payload(0)])
