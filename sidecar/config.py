@@ -582,6 +582,10 @@ class ElasticsearchSinkConfig(Section):
     """Largest bulk request body."""
     batch_age: PositiveDuration = 1.0
     """Longest an event waits for a batch to fill."""
+    max_in_flight: int = Field(2, ge=1, le=16)
+    """Bulk requests out at once, so one's round trip overlaps the reading and sending of the
+    next. They are committed in spool order: after a crash up to this many batches are sent again,
+    and Elasticsearch answers each resent document with 409 (counted as stored, never doubled)."""
     request_timeout: PositiveDuration = 30.0
     """Per bulk request; a slower answer counts as a failure and the batch is retried."""
     max_backoff: PositiveDuration = 60.0

@@ -111,6 +111,8 @@ def build_pipeline(config: Config, identity: AuditIdentity, redactor: Redactor) 
         batch_bytes=int(audit.elasticsearch.batch_bytes),
         batch_age=audit.elasticsearch.batch_age,
         fail_closed_headroom=max(int(audit.spool.max_size) // 10, 1 << 20),
+        # Files are written in order, one batch at a time.
+        max_in_flight=audit.elasticsearch.max_in_flight if audit.elasticsearch.url else 1,
     )
     return AuditPipeline(
         settings,

@@ -95,6 +95,8 @@ class PipelineSettings:
     batch_age: float
     fail_closed_headroom: int
     """Bytes past the spool limit still written under fail_closed, for requests already in flight."""
+    max_in_flight: int = 1
+    """Batches out to the sink at once; committed in spool order whatever order they land in."""
 
 
 class AuditPipeline:
@@ -141,6 +143,8 @@ class AuditPipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._appended = asyncio.Event()
         self._delivery_waiting = False
+        self._read_from = 0
+        """The spool offset delivery reads next: past the committed one while batches are out."""
         self._delivery: asyncio.Task[None] | None = None
         self._stop_delivery = False
 
@@ -358,7 +362,7 @@ class AuditPipeline:
                 self._pending_drop_notice -= noticed
                 self.stats.accepted += len(records)
                 if self._delivery_waiting and self._loop is not None and (
-                    self._stopping or self.spool.next_offset - self.spool.committed_offset >= self.settings.batch_size
+                    self._stopping or self.spool.next_offset - self._read_from >= self.settings.batch_size
                 ):
                     self._delivery_waiting = False
                     self._loop.call_soon_threadsafe(self._appended.set)
@@ -466,47 +470,93 @@ class AuditPipeline:
     # --- delivery --------------------------------------------------------------
 
     async def _deliver_loop(self) -> None:
-        # Batches go out when full or every batch_age, whichever comes first; the
-        # writer signals a full batch, so a quiet pipeline wakes the loop once per
-        # batch_age and a busy one once per batch.
+        # A batch goes out when full, or when its oldest record has waited batch_age; the writer
+        # signals a full batch, so a quiet pipeline wakes the loop once per batch_age and a busy
+        # one once per batch. Up to max_in_flight batches are out at once, so the sink's round
+        # trip overlaps the reading and sending of the next; they are committed in spool order, so
+        # a restart resends at most the batches that were out (Elasticsearch answers each resent
+        # document with 409, counted as stored).
         spool, settings = self.spool, self.settings
+        flights: collections.deque[tuple[int, asyncio.Task[None]]] = collections.deque()
+        landed: int | None = None
+        """The newest offset delivered in order and not yet committed."""
+        partial_since: float | None = None
         read_failure: str | None = None
-        while not self._stop_delivery:
-            try:
-                records = await asyncio.to_thread(
-                    spool.read, spool.committed_offset, settings.batch_size, settings.batch_bytes
-                )
-                if not records or (len(records) < settings.batch_size and not self._stopping):
-                    self._appended.clear()
-                    self._delivery_waiting = True
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(settings.batch_age):
-                            await self._appended.wait()
-                    self._delivery_waiting = False
-                    if not records:
+        self._read_from = spool.committed_offset
+        try:
+            while not self._stop_delivery:
+                while flights and flights[0][1].done():
+                    landed = flights.popleft()[0]
+                if landed is not None:
+                    try:
+                        await asyncio.to_thread(spool.commit, landed)
+                    except Exception:
+                        # Delivered but not on record as delivered: try the commit again, and a
+                        # restart meanwhile resends them.
+                        logger.exception("committing delivered audit records failed", extra={"sink": self.sink.name})
+                        await asyncio.sleep(1.0)
                         continue
-                    records = await asyncio.to_thread(
-                        spool.read, spool.committed_offset, settings.batch_size, settings.batch_bytes
+                    landed = None
+                    self.stats.last_delivery = self._clock()
+                if len(flights) >= settings.max_in_flight:
+                    await asyncio.wait({flights[0][1]})
+                    continue
+                # Clear and say so before reading: an append from here on wakes the wait below.
+                self._appended.clear()
+                self._delivery_waiting = True
+                try:
+                    records = await asyncio.to_thread(spool.read, self._read_from, settings.batch_size, settings.batch_bytes)
+                except OSError as exc:
+                    # A spool file gone or unreadable under us (disk failure, someone deleting the
+                    # data dir): keep trying, say it once, and let readiness report the data dir.
+                    problem = f"{exc.__class__.__name__}: {exc}"
+                    if problem != read_failure:
+                        logger.error("reading the audit spool failed", extra={"error": problem})
+                        read_failure = problem
+                    await asyncio.sleep(1.0)
+                    continue
+                read_failure = None
+                now = time.monotonic()
+                if records and len(records) < settings.batch_size and not self._stopping:
+                    partial_since = now if partial_since is None else partial_since
+                    ready = now - partial_since >= settings.batch_age
+                else:
+                    ready = bool(records)
+                if ready:
+                    self._delivery_waiting = False
+                    partial_since = None
+                    last = records[-1][0]
+                    flights.append((last, asyncio.create_task(self._deliver_batch(records), name="audit-batch")))
+                    self._read_from = last + 1
+                    continue
+                # Wait for a full batch, the oldest batch out to land, or the partial batch's age.
+                timeout = settings.batch_age if partial_since is None else partial_since + settings.batch_age - now
+                appended = asyncio.ensure_future(self._appended.wait())
+                try:
+                    await asyncio.wait(
+                        {appended, flights[0][1]} if flights else {appended},
+                        timeout=max(0.0, timeout),
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
-            except OSError as exc:
-                # A spool file gone or unreadable under us (disk failure, someone deleting the data
-                # dir): keep trying, say it once, and let readiness report the data dir.
-                problem = f"{exc.__class__.__name__}: {exc}"
-                if problem != read_failure:
-                    logger.error("reading the audit spool failed", extra={"error": problem})
-                    read_failure = problem
-                await asyncio.sleep(1.0)
-                continue
-            read_failure = None
+                finally:
+                    appended.cancel()
+                    self._delivery_waiting = False
+        finally:
+            # Batches still out stay in the spool, uncommitted, for the next start.
+            out = [task for _, task in flights]
+            for task in out:
+                task.cancel()
+            await asyncio.gather(*out, return_exceptions=True)
+
+    async def _deliver_batch(self, records: list[tuple[int, bytes]]) -> None:
+        """Hand one batch to the sink until it takes it (the sink retries what it can itself)."""
+        while True:
             try:
                 await self.sink.deliver(records)
-                await asyncio.to_thread(spool.commit, records[-1][0])
+                return
             except Exception:
-                # Nothing is committed, so the batch comes round again.
                 logger.exception("audit delivery failed", extra={"sink": self.sink.name})
                 await asyncio.sleep(1.0)
-                continue
-            self.stats.last_delivery = self._clock()
 
 
 @dataclass(frozen=True, slots=True)
