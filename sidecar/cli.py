@@ -72,7 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds (default 3)")
     bench.add_argument(
         "--scenarios", default="latency,throughput,sse,memory,audit", metavar="LIST",
-        help="comma-separated: latency, throughput, sse, memory, audit (default: all)",
+        help="comma-separated: latency, throughput, sse, memory, audit (the default), and costs: "
+             "the CPU each part of the defaults takes per request",
     )  # fmt: skip
     bench.add_argument("--memory-duration", type=float, default=60.0, metavar="S", help="steady-load seconds for memory (default 60)")
     bench.add_argument("--audit-events", type=int, default=50_000, metavar="N", help="events fed to the audit pipeline (default 50000)")

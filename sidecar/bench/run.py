@@ -16,12 +16,25 @@ import aiohttp
 from sidecar import __version__
 from sidecar.bench import load
 from sidecar.bench.audit import audit_throughput
+from sidecar.bench.targets import BARE_AIOHTTP as BARE
 from sidecar.bench.targets import MINIMAL_SIDECAR, Target, TargetSet
 from sidecar.gpu.nvml import nvml_present
 
-SCENARIOS = ("latency", "throughput", "sse", "memory", "audit")
+SCENARIOS = ("latency", "throughput", "sse", "memory", "audit", "costs")
 SIDECAR = "sidecar (defaults)"
 SSE_EVENTS = 100
+
+# For the costs scenario: the parts of the defaults, switched off one after another. A part's
+# cost is the CPU per request before minus after it goes. Taken one at a time from the full
+# defaults instead, the parts sum to more than the whole: the export and audit threads also cost
+# each other the switching between them.
+COST_STEPS = {
+    "span export (OTLP)": {"SIDECAR_TRACING__EXPORTER": "none"},
+    "audit trail": {"SIDECAR_AUDIT__ENABLED": "false"},
+    "GPU readings and attribution": {"SIDECAR_GPU__NVML__ENABLED": "false"},
+}
+THE_REST = "the rest (metrics, rules, request ids, forwarded headers, health checks)"
+EVERYTHING_OFF = "sidecar (everything off)"
 
 # Goals from the project's performance issue; reported, not asserted.
 GOALS = {
@@ -80,7 +93,7 @@ async def run_bench(
                 # The GPU collector and per-request attribution cost what they cost with a GPU.
                 sidecar_env["SIDECAR_GPU__NVML__SIMULATE"] = "1"
             lineup = [direct, targets.sidecar(SIDECAR, direct, sidecar_env),
-                      targets.sidecar("sidecar (everything off)", direct, MINIMAL_SIDECAR), targets.bare_aiohttp(direct)]  # fmt: skip
+                      targets.sidecar(EVERYTHING_OFF, direct, MINIMAL_SIDECAR), targets.bare_aiohttp(direct)]  # fmt: skip
             nginx = targets.nginx(direct)
             if nginx is not None:
                 lineup.append(nginx)
@@ -94,6 +107,12 @@ async def run_bench(
                 results["sse"] = await _sse(lineup, rounds, streams=max(3, int(duration * 2)))
             if "memory" in scenarios:
                 results["memory"] = await _memory(lineup[1], memory_duration)
+            if "costs" in scenarios:
+                variants, env = [], dict(sidecar_env)
+                for number, (part, switch_off) in enumerate(COST_STEPS.items(), start=1):
+                    env.update(switch_off)
+                    variants.append(targets.sidecar(f"defaults, parts 1-{number} off", direct, dict(env)))
+                results["costs"] = await _costs(lineup, variants, duration, rounds)
             if "audit" in scenarios:
                 results["audit"] = [
                     await audit_throughput(audit_events, fsync, Path(scratch)) for fsync in ("interval", "always")
@@ -149,6 +168,19 @@ async def _throughput(lineup: list[Target], duration: float, rounds: int) -> dic
     return out
 
 
+async def _costs(lineup: list[Target], variants: list[Target], duration: float, rounds: int) -> dict[str, Any]:
+    """CPU per request of the defaults, of the defaults with each part off, of everything off and the bare proxy."""
+    by_name = {target.name: target for target in lineup}
+    measured = [by_name[SIDECAR], *variants, by_name[EVERYTHING_OFF], by_name[BARE]]
+    rows = await _throughput(measured, duration, rounds)
+    cpu = {target.name: rows[target.name]["cpu_us_per_request"] for target in measured}
+    steps = [cpu[target.name] for target in measured[:-1]]  # defaults, each step, everything off
+    drops = [before - after for before, after in zip(steps, steps[1:])]
+    parts = dict(zip([*COST_STEPS, THE_REST], drops, strict=True))
+    return {"connections": rows["connections"], "tool": rows["tool"], "cpu_us_per_request": cpu, "parts_us": parts,
+            "beyond_bare_us": cpu[EVERYTHING_OFF] - cpu[BARE]}  # fmt: skip
+
+
 async def _sse(lineup: list[Target], rounds: int, streams: int) -> dict[str, Any]:
     per_round: dict[str, list[dict[str, float]]] = {t.name: [] for t in lineup}
     path = f"/sse?events={SSE_EVENTS}&interval_ms=1"
@@ -189,7 +221,7 @@ async def _memory(target: Target, duration: float, rate: float = 500.0) -> dict[
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for other in ("direct", "bare aiohttp proxy", "nginx"):
+    for other in ("direct", BARE, "nginx"):
         row: dict[str, float] = {}
         if "latency" in results and other in results["latency"]:
             row["latency_p50"] = results["latency"][SIDECAR]["p50_ms"] / results["latency"][other]["p50_ms"]
@@ -253,6 +285,16 @@ def format_table(results: dict[str, Any]) -> str:
         lines += [f"(e) audit, fsync {row['fsync']:<8}: {row['spool_events_per_s']:9,.0f} events/s into the spool, "
                   f"{row['delivered_events_per_s']:9,.0f} events/s stored in Elasticsearch (stand-in, bulk of "
                   f"{row['batch_size']}), {row['events']} events"]  # fmt: skip
+    if "costs" in results:
+        c = results["costs"]
+        cpu = c["cpu_us_per_request"]
+        lines += ["", f"(f) where a request's CPU goes, {c['connections']} connections ({c['tool']}), "
+                      "us per request; parts switched off in this order"]  # fmt: skip
+        lines.append(f"    {SIDECAR:<72} {cpu[SIDECAR]:7.1f}")
+        lines += [f"      {part:<70} {value:7.1f}" for part, value in c["parts_us"].items()]
+        lines.append(f"    {EVERYTHING_OFF:<72} {cpu[EVERYTHING_OFF]:7.1f}")
+        lines.append(f"      {'beyond the bare aiohttp proxy (limits, header rules, the Exchange)':<70} {c['beyond_bare_us']:7.1f}")
+        lines.append(f"    {BARE:<72} {cpu[BARE]:7.1f}")
     if results.get("ratios"):
         lines += ["", "ratios (sidecar with defaults vs ...)"]
         for name, row in results["ratios"].items():

@@ -37,6 +37,8 @@ http {{
 }}
 """
 
+BARE_AIOHTTP = "bare aiohttp proxy"
+
 # Everything the sidecar can switch off, for the "pure proxy path" target.
 MINIMAL_SIDECAR = {
     "SIDECAR_TRACING__ENABLED": "false",
@@ -125,7 +127,7 @@ class TargetSet:
     def bare_aiohttp(self, upstream: Target) -> Target:
         port = free_port()
         process = self._spawn([sys.executable, "-m", "sidecar.bench.baseline", str(port), upstream.url], core=1)
-        target = Target("bare aiohttp proxy", f"http://127.0.0.1:{port}", process)
+        target = Target(BARE_AIOHTTP, f"http://127.0.0.1:{port}", process)
         _wait_ready(f"{target.url}/json", process, target.name)
         return target
 

@@ -40,3 +40,24 @@ def test_bench_rejects_unknown_scenarios():
     )
     assert result.returncode == 2
     assert "unknown speed" in result.stderr
+
+
+def test_bench_costs_splits_the_defaults_cpu_into_its_parts():
+    require_tool("wrk")
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "bench", "--json", "--scenarios", "costs", "--duration", "0.5", "--rounds", "1"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    costs = json.loads(result.stdout)["costs"]
+    cpu = costs["cpu_us_per_request"]
+    assert set(cpu) == {"sidecar (defaults)", "defaults, parts 1-1 off", "defaults, parts 1-2 off",
+                        "defaults, parts 1-3 off", "sidecar (everything off)", "bare aiohttp proxy"}  # fmt: skip
+    assert all(value > 0 for value in cpu.values())
+    parts = costs["parts_us"]
+    assert list(parts) == ["span export (OTLP)", "audit trail", "GPU readings and attribution",
+                           "the rest (metrics, rules, request ids, forwarded headers, health checks)"]  # fmt: skip
+    assert parts["span export (OTLP)"] == pytest.approx(cpu["sidecar (defaults)"] - cpu["defaults, parts 1-1 off"])
+    assert parts["audit trail"] == pytest.approx(cpu["defaults, parts 1-1 off"] - cpu["defaults, parts 1-2 off"])
+    assert sum(parts.values()) + cpu["sidecar (everything off)"] == pytest.approx(cpu["sidecar (defaults)"])
+    assert costs["beyond_bare_us"] == pytest.approx(cpu["sidecar (everything off)"] - cpu["bare aiohttp proxy"])
