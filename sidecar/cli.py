@@ -67,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="measure the sidecar beside direct access, a bare aiohttp proxy and nginx"
     )
-    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON (the table goes to standard error)")
     bench.add_argument("--duration", type=float, default=5.0, metavar="S", help="seconds per target per round (default 5)")
     bench.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds (default 3)")
     bench.add_argument(
@@ -268,7 +268,12 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"--scenarios: unknown {', '.join(unknown)}; expected some of {', '.join(SCENARIOS)}", file=sys.stderr)
         return EXIT_USAGE
     results = asyncio.run(run_bench(args.duration, args.rounds, scenarios, args.memory_duration, args.audit_events))
-    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    if args.json:
+        # The table goes to the terminal as well; standard output stays plain JSON for a pipe.
+        print(format_table(results), file=sys.stderr)
+        print(json.dumps(results, indent=1))
+    else:
+        print(format_table(results))
     return EXIT_OK
 
 

@@ -67,3 +67,20 @@ async def test_client_carries_the_configured_credentials(tmp_path: Path) -> None
     finally:
         await api_key.close()
         await basic.close()
+
+
+async def test_client_serialises_with_orjson_and_sends_unicode_and_big_numbers_intact() -> None:
+    from elasticsearch.serializer import OrjsonSerializer
+
+    from sidecar.testing.elastic import ElasticsearchStandIn
+
+    async with ElasticsearchStandIn() as elastic:
+        client = create_client(ElasticsearchSinkConfig(url=elastic.url))
+        try:
+            assert isinstance(client.transport.serializers.get_serializer("application/json"), OrjsonSerializer)
+            source = {"message": "数据 \u2028 ok", "event": {"sequence": 2**53 + 1}}
+            await client.index(index="probe", id="1", document=source, refresh=True)
+            found = await client.get(index="probe", id="1")
+            assert found["_source"] == source
+        finally:
+            await client.close()

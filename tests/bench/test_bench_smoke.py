@@ -32,6 +32,8 @@ def test_bench_runs_every_scenario_against_every_target():
     assert results["memory"]["requests"] > 0
     assert set(results["ratios"]) == {"sidecar/direct", "sidecar/bare aiohttp proxy", "sidecar/nginx"}
     assert {"added_p50_ms", "throughput_vs_bare", "sse_reads_per_100", "rss_growth_mb"} <= results["goals"].keys()
+    # The table still reaches the terminal, on standard error.
+    assert "(b) 32 connections (wrk)" in result.stderr and "goals" in result.stderr
 
 
 def test_bench_rejects_unknown_scenarios():
