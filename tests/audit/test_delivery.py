@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +73,27 @@ def _pipeline(tmp_path: Path, **settings: Any) -> AuditPipeline:
     return build_pipeline(config, identity, build_redactor(config.audit.redaction, tmp_path / "keys"))
 
 
+@contextlib.asynccontextmanager
+async def _gated(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[AuditPipeline, GatedSink]]:
+    """A started pipeline delivering to Elasticsearch's settings, with a gated sink in its place."""
+    pipeline = _pipeline(tmp_path, url="http://127.0.0.1:9", **settings)
+    sink = GatedSink()
+    pipeline.sink = sink
+    await pipeline.start()
+    try:
+        yield pipeline, sink
+    finally:
+        sink.open()
+        await pipeline.stop(deliver_timeout=5)
+
+
 def _feed(pipeline: AuditPipeline, count: int) -> None:
     for number in range(count):
         pipeline(make_exchange(request_id=f"r{number}"))
 
 
 async def test_batches_go_out_together_up_to_the_limit_and_are_committed_in_spool_order(tmp_path: Path) -> None:
-    pipeline = _pipeline(tmp_path, url="http://127.0.0.1:9", max_in_flight=3)
-    sink = GatedSink()
-    pipeline.sink = sink
-    await pipeline.start()
-    try:
+    async with _gated(tmp_path, max_in_flight=3) as (pipeline, sink):
         _feed(pipeline, 6 * BATCH - 1)  # with the start-up record: six full batches
         await wait_for(lambda: len(sink.batches) == 3, timeout=10)
         await asyncio.sleep(0.2)
@@ -105,17 +116,10 @@ async def test_batches_go_out_together_up_to_the_limit_and_are_committed_in_spoo
         await wait_for(lambda: pipeline.spool.committed_offset == 6 * BATCH, timeout=10)
         delivered = [offset for batch in sink.batches for offset in batch]
         assert delivered == list(range(6 * BATCH)), "every record once, none skipped"
-    finally:
-        sink.open()
-        await pipeline.stop(deliver_timeout=5)
 
 
 async def test_one_batch_at_a_time_when_the_limit_is_one(tmp_path: Path) -> None:
-    pipeline = _pipeline(tmp_path, url="http://127.0.0.1:9", max_in_flight=1)
-    sink = GatedSink()
-    pipeline.sink = sink
-    await pipeline.start()
-    try:
+    async with _gated(tmp_path, max_in_flight=1) as (pipeline, sink):
         _feed(pipeline, 3 * BATCH)
         await wait_for(lambda: len(sink.batches) == 1, timeout=10)
         await asyncio.sleep(0.2)
@@ -123,24 +127,14 @@ async def test_one_batch_at_a_time_when_the_limit_is_one(tmp_path: Path) -> None
         sink.gates[0].set()
         await wait_for(lambda: len(sink.batches) == 2, timeout=10)
         assert pipeline.spool.committed_offset == BATCH
-    finally:
-        sink.open()
-        await pipeline.stop(deliver_timeout=5)
 
 
 async def test_a_partial_batch_goes_out_after_batch_age_while_others_are_out(tmp_path: Path) -> None:
-    pipeline = _pipeline(tmp_path, url="http://127.0.0.1:9", max_in_flight=2, batch_age="200ms")
-    sink = GatedSink()
-    pipeline.sink = sink
-    await pipeline.start()
-    try:
+    async with _gated(tmp_path, max_in_flight=2, batch_age="200ms") as (pipeline, sink):
         _feed(pipeline, BATCH + 2)  # one full batch, then three records
         await wait_for(lambda: len(sink.batches) == 2, timeout=5)
         assert [len(batch) for batch in sink.batches] == [BATCH, 3]
         assert sink.out == 2
-    finally:
-        sink.open()
-        await pipeline.stop(deliver_timeout=5)
 
 
 async def test_batches_out_at_a_stop_are_sent_again_at_the_next_start_and_stored_once(tmp_path: Path) -> None:

@@ -13,15 +13,18 @@ from tests.support.tools import require_tool
 pytestmark = pytest.mark.integration
 
 
+def _bench(*args: str) -> tuple[dict, str]:
+    """`sidecar bench --json` with `args`: (the results, what went to standard error)."""
+    result = subprocess.run([sys.executable, "-m", "sidecar", "bench", "--json", *args],
+                            capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
 def test_bench_runs_every_scenario_against_every_target():
     require_tool("wrk")
     require_tool("nginx")
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "bench", "--json", "--duration", "0.5", "--rounds", "1", "--memory-duration", "1"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    results = json.loads(result.stdout)
+    results, stderr = _bench("--duration", "0.5", "--rounds", "1", "--memory-duration", "1")
     expected = ["direct", "sidecar (defaults)", "sidecar (everything off)", "bare aiohttp proxy", "nginx"]
     assert results["targets"] == expected
     assert results["throughput"]["tool"] == "wrk"
@@ -33,7 +36,7 @@ def test_bench_runs_every_scenario_against_every_target():
     assert set(results["ratios"]) == {"sidecar/direct", "sidecar/bare aiohttp proxy", "sidecar/nginx"}
     assert {"added_p50_ms", "throughput_vs_bare", "sse_reads_per_100", "rss_growth_mb"} <= results["goals"].keys()
     # The table still reaches the terminal, on standard error.
-    assert "(b) 32 connections (wrk)" in result.stderr and "goals" in result.stderr
+    assert "(b) 32 connections (wrk)" in stderr and "goals" in stderr
 
 
 def test_bench_rejects_unknown_scenarios():
@@ -46,12 +49,8 @@ def test_bench_rejects_unknown_scenarios():
 
 def test_bench_costs_splits_the_defaults_cpu_into_its_parts():
     require_tool("wrk")
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "bench", "--json", "--scenarios", "costs", "--duration", "0.5", "--rounds", "1"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    costs = json.loads(result.stdout)["costs"]
+    results, _ = _bench("--scenarios", "costs", "--duration", "0.5", "--rounds", "1")
+    costs = results["costs"]
     cpu = costs["cpu_us_per_request"]
     assert set(cpu) == {"sidecar (defaults)", "defaults, parts 1-1 off", "defaults, parts 1-2 off",
                         "defaults, parts 1-3 off", "sidecar (everything off)", "bare aiohttp proxy"}  # fmt: skip
