@@ -478,8 +478,7 @@ class AuditPipeline:
         # document with 409, counted as stored).
         spool, settings = self.spool, self.settings
         flights: collections.deque[tuple[int, asyncio.Task[None]]] = collections.deque()
-        landed: int | None = None
-        """The newest offset delivered in order and not yet committed."""
+        landed: int | None = None  # the newest offset delivered in order and not yet committed
         partial_since: float | None = None
         read_failure: str | None = None
         self._read_from = spool.committed_offset

@@ -109,7 +109,7 @@ async def run_bench(
                 results["memory"] = await _memory(lineup[1], memory_duration)
             if "costs" in scenarios:
                 variants, env = [], dict(sidecar_env)
-                for number, (part, switch_off) in enumerate(COST_STEPS.items(), start=1):
+                for number, switch_off in enumerate(COST_STEPS.values(), start=1):
                     env.update(switch_off)
                     variants.append(targets.sidecar(f"defaults, parts 1-{number} off", direct, dict(env)))
                 results["costs"] = await _costs(lineup, variants, duration, rounds)
