@@ -162,7 +162,11 @@ class Tracing:
         # The caller's trace context then passes through untouched.
         self.exporting = exporter is not None
         root = TraceIdRatioBased(config.sample_ratio)
-        self._provider = TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(root))
+        # Not the SDK's own shutdown at exit: that waits up to 30 s on a hanging collector. The
+        # sidecar's stop calls `shutdown`, which gives up after two seconds.
+        self._provider = TracerProvider(
+            resource=Resource.create(attributes), sampler=ParentBased(root), shutdown_on_exit=False
+        )
         self._processor: CountingBatchSpanProcessor | None = None
         if exporter is not None:
             self._processor = CountingBatchSpanProcessor(
