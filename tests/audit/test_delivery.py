@@ -140,7 +140,7 @@ async def test_a_partial_batch_goes_out_after_batch_age_while_others_are_out(tmp
 async def test_batches_out_at_a_stop_are_sent_again_at_the_next_start_and_stored_once(tmp_path: Path) -> None:
     async with ElasticsearchStandIn() as elastic:
         # Elasticsearch stores each batch at once but answers late: the stop finds them all out.
-        elastic.faults.slow(2.0)
+        elastic.faults.slow(10.0)
         first = _pipeline(tmp_path, url=elastic.url, max_in_flight=4)
         await first.start()
         _feed(first, 4 * BATCH - 1)
