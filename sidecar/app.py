@@ -881,15 +881,16 @@ def _finite(value: float) -> float | None:
 def _audit_reading(audit: AuditPipeline) -> AuditReading:
     """The audit pipeline's counters for the status page (the same ones `/metrics` exposes)."""
     stats, spool, sink = audit.stats, audit.spool, audit.sink
+    levels = spool.levels  # used bytes and lag from the same moment
     return AuditReading(
         sink=sink.name,
         sink_up=sink.up,
         accepted=float(stats.accepted),
         dropped=float(sum(stats.dropped.values())),
         dead_letters=float(sink.dead_lettered),
-        spool_used_bytes=float(spool.used_bytes),
+        spool_used_bytes=float(levels.used_bytes),
         spool_max_bytes=float(spool.max_bytes),
-        lag_events=float(max(0, spool.next_offset - spool.committed_offset)),
+        lag_events=float(max(0, levels.next_offset - levels.committed_offset)),
     )
 
 

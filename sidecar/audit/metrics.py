@@ -59,8 +59,9 @@ class AuditCollector(Collector):
             value=1 if sink.up else 0,
             labels=None,
         )
+        levels = spool.levels  # every spool gauge from the same moment
         yield GaugeMetricFamily(
-            "sidecar_audit_spool_bytes", "Bytes of undelivered audit events on disk.", value=spool.used_bytes
+            "sidecar_audit_spool_bytes", "Bytes of undelivered audit events on disk.", value=levels.used_bytes
         )
         yield GaugeMetricFamily(
             "sidecar_audit_spool_limit_bytes", "audit.spool.max_size.", value=spool.max_bytes
@@ -68,7 +69,7 @@ class AuditCollector(Collector):
         yield GaugeMetricFamily(
             "sidecar_audit_spool_events",
             "Audit events in the spool not yet delivered (the sink's lag in events).",
-            value=max(0, spool.next_offset - spool.committed_offset),
+            value=max(0, levels.next_offset - levels.committed_offset),
         )
         yield GaugeMetricFamily(
             "sidecar_audit_queue_events", "Audit events waiting for the spool writer.", value=pipeline.queue_length
