@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,25 +88,38 @@ def encode(text: str, limit: int) -> list[int]:
 
 
 class Generation:
-    """One request's decoding state: call `step()` once per token (it runs a forward pass)."""
+    """One request's decoding state: call `step()` once per token (it runs a forward pass).
 
-    def __init__(self, model: TinyDecoder, prompt: list[int], max_tokens: int, temperature: float, seed: int, device: torch.device) -> None:
+    `seed=None` samples from a fresh random seed. Generation ends with finish_reason
+    "length" after `max_tokens` tokens, or "stop" when the text reaches one of the
+    `stop` sequences; the text `step()` returns never includes a stop sequence.
+    """
+
+    def __init__(self, model: TinyDecoder, prompt: list[int], max_tokens: int, temperature: float, seed: int | None, device: torch.device, stop: Sequence[str] = ()) -> None:
         self.model = model
         self.device = device
         self.prompt_tokens = len(prompt)
         self.max_tokens = max(0, min(max_tokens, model.shape.context - len(prompt)))
         self.temperature = temperature
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.generator = torch.Generator(device="cpu")
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self.stop = tuple(stop)
         self.cache: list[list[torch.Tensor]] | None = None
         self.pending = torch.tensor([prompt], device=device)
         self.position = 0
         self.generated = 0
         self.finish_reason: str | None = None if self.max_tokens else "length"
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""  # text decoded but not yet returned: it may be the start of a stop sequence
 
     @torch.inference_mode()
     def step(self) -> str:
-        """Run one forward pass and return the next token's text ('' when it ends a character)."""
+        """Run one forward pass and return the text it makes final: the next token's text, or ''
+        while the token ends no character or may begin a stop sequence (that text comes with a
+        later token, or never when the stop sequence completes)."""
         logits, self.cache = self.model(self.pending, self.cache, self.position)
         self.position += self.pending.shape[1]
         logits = logits[0].float().cpu().masked_fill(~_PRINTABLE, -math.inf)
@@ -117,9 +130,19 @@ class Generation:
             token = int(torch.multinomial(probabilities, 1, generator=self.generator))
         self.pending = torch.tensor([[token]], device=self.device)
         self.generated += 1
+        text = self._held + self._decoder.decode(bytes([token]))
+        self._held = ""
+        found = [index for index in (text.find(stop) for stop in self.stop) if index >= 0]
+        if found:
+            self.finish_reason = "stop"
+            return text[: min(found)]
         if self.generated >= self.max_tokens:
             self.finish_reason = "length"
-        return self._decoder.decode(bytes([token]))
+            return text
+        held = _stop_prefix_length(text, self.stop)
+        if held:
+            text, self._held = text[:-held], text[-held:]
+        return text
 
     def tokens(self) -> Iterator[str]:
         while self.finish_reason is None:
@@ -128,3 +151,12 @@ class Generation:
     @property
     def kv_cache_tokens(self) -> int:
         return self.position
+
+
+def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that begins some stop sequence (0 if none does).
+
+    Holding exactly that much back is enough: a stop sequence that a later token
+    completes starts inside it, so it is found in held text plus the new text.
+    """
+    return max((size for stop in stops for size in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:size])), default=0)

@@ -8,6 +8,16 @@
 - `/health`, and `/metrics` with vLLM's metric names for queue depth, KV-cache
   use and token counts.
 
+The OpenAI endpoints honour `max_completion_tokens` and `max_tokens` (the first
+wins when both are given, as in vLLM; default 64; exactly that many tokens
+unless a stop sequence ends the answer first), `stop` (a string or up to 4; the
+text ends before it, finish_reason "stop", streamed too), `seed` (same seed,
+same text; none: random), `temperature` (0 to 2, default 0.8; 0 is greedy) and
+`n` (1 only). A wrong type or range is answered 400 in vLLM's error body,
+`{"error": {"message", "type": "BadRequestError", "param", "code": 400}}`,
+naming the parameter; other fields are ignored, as vLLM ignores fields it does
+not know. One token is one byte, so `usage` counts bytes.
+
 Forward passes run on one worker thread, one token at a time, interleaving the
 requests in flight (so concurrent requests share the model as with continuous
 batching, without batching). For tests it records, per `X-Request-Id`, the
@@ -32,13 +42,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from sidecar.demo.model import Generation, TinyDecoder, encode
+from sidecar.demo.sampling import BadRequest, openai_sampling
 
 DEFAULT_MODEL_NAME = "sidecar-demo-tiny"
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-
-
-class BadRequest(Exception):
-    pass
 
 
 @dataclass
@@ -112,7 +119,8 @@ class DemoModelServer:
             # The client left mid-answer: nothing to send, nothing to log.
             return web.Response(status=499)
         except BadRequest as exc:
-            return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}}, status=400)
+            # vLLM's error body: OpenAI's {"error": {...}} with vLLM's type and a numeric code.
+            return web.json_response({"error": {"message": str(exc), "type": "BadRequestError", "param": exc.param, "code": 400}}, status=400)
 
     # --- generation ------------------------------------------------------------
 
@@ -128,21 +136,33 @@ class DemoModelServer:
     def _check_model(self, name: object) -> None:
         if name is not None and name != self.settings.model_name:
             raise web.HTTPNotFound(
-                text=json.dumps({"error": {"message": f"The model `{name}` does not exist.", "type": "NotFoundError", "code": 404}}),
+                text=json.dumps({"error": {"message": f"The model `{name}` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}}),
                 content_type="application/json",
             )
 
     def _generation(self, prompt: str, body: dict[str, Any], max_key: str = "max_tokens") -> Generation:
+        """A generation for the KServe, TGI and Ollama endpoints, from their looser parameters."""
         max_tokens = body.get(max_key, self.settings.default_max_tokens)
         temperature = body.get("temperature", 0.8)
-        seed = body.get("seed", 0)
+        seed = body.get("seed")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-            raise BadRequest(f"{max_key} must be a non-negative integer")
+            raise BadRequest(f"{max_key} must be a non-negative integer", max_key)
         if not isinstance(temperature, int | float) or isinstance(temperature, bool):
-            raise BadRequest("temperature must be a number")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise BadRequest("seed must be an integer")
+            raise BadRequest("temperature must be a number", "temperature")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise BadRequest("seed must be an integer", "seed")
         return Generation(self.model, encode(prompt, self.model.shape.context // 2), max_tokens, float(temperature), seed, self.device)
+
+    def _openai_generation(self, prompt: str, body: dict[str, Any]) -> Generation:
+        sampling = openai_sampling(body, self.settings.default_max_tokens)
+        tokens = encode(prompt, self.model.shape.context // 2)
+        context = self.model.shape.context
+        if len(tokens) + sampling.max_tokens > context:
+            # vLLM refuses rather than shortens, so `usage.completion_tokens` never falls short of the request silently.
+            raise BadRequest(f"'max_tokens' or 'max_completion_tokens' is too large: {sampling.max_tokens}. This model's maximum context length is "
+                             f"{context} tokens and your request has {len(tokens)} input tokens ({sampling.max_tokens} > {context} - {len(tokens)}).",
+                             sampling.max_tokens_param)  # fmt: skip
+        return Generation(self.model, tokens, sampling.max_tokens, sampling.temperature, sampling.seed, self.device, stop=sampling.stop)
 
     async def _tokens(self, generation: Generation, request: web.Request) -> AsyncIterator[str]:
         """Each generated token's text, paced and recorded; one forward pass per token."""
@@ -211,7 +231,7 @@ class DemoModelServer:
         return await self._openai(request, body, _string(body, "prompt"), "text_completion")
 
     async def _openai(self, request: web.Request, body: dict[str, Any], prompt: str, kind: str) -> web.StreamResponse:
-        generation = self._generation(prompt, body)
+        generation = self._openai_generation(prompt, body)
         call_id = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         model = self.settings.model_name
@@ -261,7 +281,7 @@ class DemoModelServer:
         prompt = _string(body, "prompt")
         image = body.get("image_url")
         if image is not None and not isinstance(image, str):
-            raise BadRequest("image_url must be a string")
+            raise BadRequest("image_url must be a string", "image_url")
         # The tiny model has no vision tower; the image only conditions the prompt.
         conditioned = f"[image: {image[:64]}]\n{prompt}" if image else prompt
         text = await self._complete(self._generation(conditioned, body), request)
@@ -273,7 +293,7 @@ class DemoModelServer:
         inputs = _string(body, "inputs")
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise BadRequest("parameters must be an object")
+            raise BadRequest("parameters must be an object", "parameters")
         return self._generation(inputs, {**parameters, "temperature": parameters.get("temperature", 0.8)}, "max_new_tokens")
 
     async def tgi_generate(self, request: web.Request) -> web.Response:
@@ -354,14 +374,14 @@ class DemoModelServer:
 def _string(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
+        raise BadRequest(f"{key} must be a string", key)
     return value
 
 
 def _chat_prompt(messages: object) -> str:
     """Messages as `role: text` lines, the prompt the tiny model continues."""
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list")
+        raise BadRequest("messages must be a non-empty list", "messages")
     return "".join(f"{m.get('role', 'user')}: {_text_of(m.get('content'))}\n" for m in messages if isinstance(m, dict))
 
 

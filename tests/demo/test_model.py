@@ -32,3 +32,33 @@ def test_generation_is_deterministic_per_seed_and_stops_at_max_tokens():
     text = "".join(generation.tokens())
     assert (generation.generated, generation.finish_reason, len(text)) == (16, "length", 16)
     assert text.isprintable() or "\n" in text
+
+
+def test_no_seed_samples_from_a_fresh_one():
+    model = TinyDecoder().eval()
+    run = lambda: "".join(Generation(model, encode("hi", 100), 16, 1.0, None, torch.device("cpu")).tokens())  # noqa: E731
+    assert run() != run()  # 16 bytes drawn from about 95 each: equal by chance practically never
+
+
+@pytest.mark.parametrize(("start", "size"), [(0, 1), (6, 3), (10, 5)])
+def test_stop_ends_the_text_before_the_stop_sequence_and_no_piece_holds_any_of_it(start, size):
+    model = TinyDecoder().eval()
+    full = "".join(Generation(model, encode("hi", 100), 24, 0.0, 0, torch.device("cpu")).tokens())
+    stop = full[start : start + size]
+    expected = full[: full.index(stop)]
+    generation = Generation(model, encode("hi", 100), 24, 0.0, 0, torch.device("cpu"), stop=["\u2603", stop])
+    pieces = list(generation.tokens())
+    assert ("".join(pieces), generation.finish_reason) == (expected, "stop")
+    # One piece per generated token, the stop sequence's own tokens included.
+    assert len(pieces) == generation.generated == len(expected) + len(stop)
+
+
+def test_text_held_back_for_a_stop_sequence_that_never_completes_is_released():
+    model = TinyDecoder().eval()
+    full = "".join(Generation(model, encode("hi", 100), 24, 0.0, 0, torch.device("cpu")).tokens())
+    # Each stop sequence begins with text the model writes, and goes on as it never does.
+    stops = [full[4:6] + "\u2603", full[-2:] + "\u2603", full[:1] + "\u2603\u2603"]
+    generation = Generation(model, encode("hi", 100), 24, 0.0, 0, torch.device("cpu"), stop=stops)
+    pieces = list(generation.tokens())
+    assert ("".join(pieces), generation.finish_reason, len(pieces)) == (full, "length", 24)
+    assert "" in pieces[4:7] and pieces[-1].endswith(full[-2:])  # held while they might begin a stop sequence
