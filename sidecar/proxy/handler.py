@@ -35,6 +35,7 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.exchange import ANONYMOUS, Exchange, GenAiCall, GpuUsage, Outcome, Principal, well_formed
+from sidecar.proxy import aiohttp_private
 from sidecar.proxy.access import NOT_LIMITED, AccessControl, Admission, Refusal
 from sidecar.proxy.content import BodyRecorder, ContentMode
 from sidecar.proxy.errors import error_response
@@ -732,10 +733,10 @@ class ProxyHandler:
             message = "the upstream closed the connection without a response"
         elif isinstance(exc, aiohttp.ClientResponseError):
             outcome, status, error_type = Outcome.UPSTREAM_ERROR, 502, "upstream_bad_response"
-            message = f"the upstream sent an invalid response: {exc.message}"
+            message = f"the upstream sent an invalid response: {aiohttp_private.describe_client_error(exc)}"
         elif isinstance(exc, aiohttp.ClientError | OSError):
             outcome, status, error_type = Outcome.UPSTREAM_ERROR, 502, "upstream_error"
-            message = f"upstream request failed: {exc.__class__.__name__}: {exc}"
+            message = f"upstream request failed: {aiohttp_private.describe_client_error(exc)}"
         else:
             raise exc
         flight.fail(outcome, error_type, message, status)
@@ -855,8 +856,7 @@ class ProxyHandler:
             # Headers are in: from here the read timeout is the allowed silence
             # between chunks. aiohttp stops this timer while the client applies
             # backpressure, so a slow reader is never blamed on the upstream.
-            connection.protocol.read_timeout = settings.idle_timeout
-            connection.protocol.start_timeout()
+            aiohttp_private.restart_read_timeout(connection.protocol, settings.idle_timeout)
         await response.prepare(request)
         flight.first_byte = time.perf_counter()
         flight.overhead += flight.first_byte - flight.upstream_response_start  # type: ignore[operator]
@@ -933,7 +933,7 @@ class ProxyHandler:
                 flight.fail(
                     Outcome.UPSTREAM_ERROR,
                     "upstream_response_incomplete",
-                    f"the upstream response broke off: {exc.__class__.__name__}: {exc}",
+                    f"the upstream response broke off: {aiohttp_private.describe_client_error(exc)}",
                 )
             else:
                 raise

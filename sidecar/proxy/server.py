@@ -21,11 +21,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from sidecar.proxy import aiohttp_private
 from sidecar.proxy.errors import error_body, error_response
 
 logger = logging.getLogger(__name__)
@@ -76,8 +78,10 @@ class ParserLimits:
                 "request_header_fields_too_large",
                 f"more than {self.max_header_count} request headers",
             )
-        message = exc.message if isinstance(exc, HttpProcessingError) else "malformed HTTP request"
-        return 400, "bad_request", f"malformed HTTP request: {message}"
+        if not isinstance(exc, HttpProcessingError):
+            return 400, "bad_request", "malformed HTTP request"
+        # Never the parser's own text: it quotes the request's bytes, credentials included.
+        return 400, "bad_request", f"malformed HTTP request: {aiohttp_private.describe_parse_error(exc)}"
 
 
 class _ProxyRequestHandler(RequestHandler):
@@ -125,21 +129,22 @@ class _ProxyRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # Per chunk this costs an int compare and one is_eof() call: no allocation.
-        heads = self._request_count
+        heads = aiohttp_private.requests_parsed(self)
         between_requests = self._latest_body.is_eof()
         super().data_received(data)
-        if self._request_count != heads:
+        if aiohttp_private.requests_parsed(self) != heads:
             # A head was parsed (or refused): its deadline is met. Nothing has
             # popped the queue since the parser appended to it.
-            self._latest_body = self._messages[-1][1]
+            self._latest_body = aiohttp_private.newest_request_body(self)
             self._cancel_head_deadline()
-        elif between_requests and data and not (self._upgraded or self._force_close or self._close):
+        elif between_requests and data and aiohttp_private.takes_new_requests(self):
             self._head_started = True
             if self._head_deadline is None:
                 self._arm_head_deadline()
 
     def _arm_head_deadline(self) -> None:
-        self._head_deadline = self._loop.call_later(self._limits.header_timeout, self._head_deadline_passed)
+        loop = aiohttp_private.event_loop(self)
+        self._head_deadline = loop.call_later(self._limits.header_timeout, self._head_deadline_passed)
 
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None:
@@ -150,10 +155,9 @@ class _ProxyRequestHandler(RequestHandler):
     def _head_deadline_passed(self) -> None:
         self._head_deadline = None
         transport = self.transport
-        if transport is None or self._force_close:
+        if transport is None or aiohttp_private.is_closing(self):
             return
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if aiohttp_private.is_handling_request(self):
             # A request is still being handled; the late head is pipelined behind it.
             self._arm_head_deadline()
             return
@@ -198,6 +202,12 @@ class ProxyServer(web.Server):
         on_rejected: RejectionCallback,
         **kwargs: Any,
     ) -> None:
+        missing = aiohttp_private.missing_internals()
+        if missing:
+            raise RuntimeError(
+                f"aiohttp {aiohttp.__version__} lacks what the proxy reads from it ({', '.join(missing)}); "
+                f"install aiohttp{aiohttp_private.CHECKED_RANGE}"
+            )
         # auto_decompress=False: a proxy relays Content-Encoding, never undoes it.
         super().__init__(handler, handler_cancellation=True, access_log=None, auto_decompress=False, **kwargs)
         self.limits = limits
@@ -209,8 +219,8 @@ class ProxyServer(web.Server):
         limits = self.limits
         return _ProxyRequestHandler(
             self,
-            loop=self._loop,
-            **self._kwargs,
+            loop=aiohttp_private.event_loop(self),
+            **aiohttp_private.server_handler_kwargs(self),
             limits=limits,
             max_line_size=limits.max_url_bytes,
             max_field_size=limits.max_field_bytes,
