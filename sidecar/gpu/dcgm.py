@@ -393,12 +393,10 @@ def _format_seconds(value: float) -> str:
 class DcgmReexportCollector(Collector):
     """dcgm-exporter's series on the sidecar's /metrics (when `reexpose`), and the scraper's health.
 
-    Re-exposed families keep their names, help, labels and values. One thing cannot survive
-    prometheus-client's encoders: a counter whose name does not end in `_total` (all of
-    dcgm-exporter's counters, e.g. DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION) would be renamed
-    `..._total`, breaking every query written against dcgm-exporter. Those are exposed as
-    `unknown` (untyped) under their exact names instead; PromQL's rate() and increase() treat them
-    the same.
+    Re-exposed families keep their names, types, help, labels and values. dcgm-exporter's
+    counters (e.g. DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION) have no `_total`: they are yielded as
+    counter families whose samples keep that exact name, which the sidecar's /metrics encoder
+    (`sidecar.telemetry.exposition`) writes as dcgm-exporter does, and as `unknown` in OpenMetrics.
     """
 
     def __init__(
@@ -453,7 +451,8 @@ def _exposable(families: Iterable[Metric]) -> Iterator[Metric]:
         if not family.samples:
             continue
         if family.type == "counter" and all(_source_name(family, s) == family.name for s in family.samples):
-            exposed = Metric(family.name, family.documentation, "unknown")
+            # The parser named these samples `<name>_total`; dcgm-exporter wrote them `<name>`.
+            exposed = Metric(family.name, family.documentation, "counter")
             exposed.samples = [s._replace(name=family.name) for s in family.samples]
         else:
             exposed = family

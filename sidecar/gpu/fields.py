@@ -3,16 +3,34 @@
 Names, Prometheus types and help texts are those of dcgm-exporter's counters CSV
 (`etc/default-counters.csv`, `etc/dcp-metrics-included.csv`), so an existing
 dashboard or alert written against dcgm-exporter reads the sidecar's series
-unchanged. Values are in dcgm-exporter's units (MiB, W, mJ, MHz, C, %). The
-profiling fields (`DCGM_FI_PROF_*`) come from DCGM's profiling module, not from
-NVML, and are not here: scrape dcgm-exporter for those.
+unchanged. Values are in dcgm-exporter's units (MiB, W, mJ, MHz, C, %), read
+with the NVML call DCGM itself makes for the field. Every `DCGM_FI_DEV_*` field
+of dcgm-exporter's default CSV is here. The profiling fields (`DCGM_FI_PROF_*`)
+are not: DCGM computes them in its profiling module from hardware counters that
+NVML does not expose, so only dcgm-exporter can serve them.
 
 Where the table departs from dcgm-exporter's defaults, and why:
 
 - `DCGM_FI_DEV_PCIE_TX_THROUGHPUT` / `_RX_THROUGHPUT`: dcgm-exporter declares them
   counters "(in KB)", but DCGM fills them from `nvmlDeviceGetPcieThroughput`,
   which is a rate: KB/s over a 20 ms window. The value here is that same rate,
-  so queries written against dcgm-exporter read the same numbers.
+  so queries written against dcgm-exporter read the same numbers. They were in
+  dcgm-exporter's defaults up to 3.3.6-3.4.2; later releases default to the
+  profiling fields `DCGM_FI_PROF_PCIE_TX_BYTES` / `_RX_BYTES` instead.
+- `DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL`: declared a counter too, but DCGM fills it
+  with a rate: the increase of NVML's NVLink data counters
+  (`NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX` + `_TX`, all links, KiB) between two
+  reads, per second, divided by 1000 (DCGM's unit, MB/s). The same here, between
+  consecutive samples. The first sample has no rate yet and leaves the field out
+  (DCGM shows 0 there), as does one whose counters went backwards (a driver reload).
+- `DCGM_FI_DEV_FB_USED`, `_FB_FREE`, `_FB_RESERVED` come from
+  `nvmlDeviceGetMemoryInfo_v2`, as DCGM reads them with a 510 or later driver:
+  `used` leaves out what the driver reserves, so used + free + reserved is the
+  total. A driver without the v2 call answers v1: `used` then includes the
+  reserved memory and `DCGM_FI_DEV_FB_RESERVED` is absent (as in DCGM).
+- `DCGM_FI_DEV_VGPU_LICENSE_STATUS` is, as in DCGM, 1 when the vGPU feature of
+  `nvmlDeviceGetGridLicensableFeatures` is licensed and 0 otherwise, including on
+  a GPU that is not a vGPU at all (bare metal reports no licensable features).
 - Clock event reasons appear twice: `DCGM_FI_DEV_CLOCKS_EVENT_REASONS` (DCGM 3.3
   and later) and `DCGM_FI_DEV_CLOCK_THROTTLE_REASONS` (the older name of the same
   field, id 112, which older dashboards query). Same value, one NVML read.
@@ -26,11 +44,11 @@ Where the table departs from dcgm-exporter's defaults, and why:
   `increase(DCGM_EXP_XID_ERRORS_TOTAL[window])` says the same thing.
 
 Exposition: dcgm-exporter writes `# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION
-counter` above a sample of that very name. prometheus_client cannot: it names
-every counter family `<name>_total` (the Prometheus text format) or requires
-`_total` samples (OpenMetrics). Keeping the names users query matters more than
-the TYPE line, so fields dcgm-exporter calls counters are served as untyped
-(`unknown`) families under their exact names; see `DcgmField.exposition_type`.
+counter` above samples of that very name, with no `_total`. The collector yields
+such counters as counter families whose samples carry the family's own name, and
+the sidecar's /metrics encoder (`sidecar.telemetry.exposition`) writes them as
+dcgm-exporter does in the Prometheus text format. OpenMetrics requires `_total`
+on every counter sample, so there they are `unknown` under the same names.
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ from types import MappingProxyType
 from typing import Literal
 
 PromType = Literal["gauge", "counter"]
+"""The type dcgm-exporter declares; a counter is served under its exact name (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +75,6 @@ class DcgmField:
     mig: bool = False
     """Also reported for each MIG GPU instance."""
 
-    @property
-    def exposition_type(self) -> Literal["gauge", "unknown"]:
-        """The type the family is served with: a counter cannot keep its dcgm-exporter name through
-        prometheus_client (see the module docstring), so it is served untyped."""
-        return "gauge" if self.prom_type == "gauge" else "unknown"
-
 
 # Readers: one NVML read each, so that a read the GPU does not support is tried once and skipped.
 UTILIZATION = "utilization"
@@ -73,6 +86,11 @@ ENERGY = "energy"
 SM_CLOCK = "sm_clock"
 MEMORY_CLOCK = "memory_clock"
 PCIE_THROUGHPUT = "pcie_throughput"
+PCIE_REPLAYS = "pcie_replays"
+ENCODER_UTILIZATION = "encoder_utilization"
+DECODER_UTILIZATION = "decoder_utilization"
+NVLINK_THROUGHPUT = "nvlink_throughput"
+VGPU_LICENSE = "vgpu_license"
 ECC = "ecc"
 REMAPPED_ROWS = "remapped_rows"
 CLOCK_EVENTS = "clock_events"
@@ -87,6 +105,12 @@ GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 MEM_COPY_UTIL = "DCGM_FI_DEV_MEM_COPY_UTIL"
 FB_FREE = "DCGM_FI_DEV_FB_FREE"
 FB_USED = "DCGM_FI_DEV_FB_USED"
+FB_RESERVED = "DCGM_FI_DEV_FB_RESERVED"
+ENC_UTIL = "DCGM_FI_DEV_ENC_UTIL"
+DEC_UTIL = "DCGM_FI_DEV_DEC_UTIL"
+PCIE_REPLAY_COUNTER = "DCGM_FI_DEV_PCIE_REPLAY_COUNTER"
+NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
+VGPU_LICENSE_STATUS = "DCGM_FI_DEV_VGPU_LICENSE_STATUS"
 GPU_TEMP = "DCGM_FI_DEV_GPU_TEMP"
 MEMORY_TEMP = "DCGM_FI_DEV_MEMORY_TEMP"
 POWER_USAGE = "DCGM_FI_DEV_POWER_USAGE"
@@ -118,15 +142,22 @@ NVML_FIELDS: tuple[DcgmField, ...] = (
               "KB/s", PCIE_THROUGHPUT),  # fmt: skip
     DcgmField(PCIE_RX_THROUGHPUT, "counter", "Total number of bytes received through PCIe RX (in KB) via NVML.",
               "KB/s", PCIE_THROUGHPUT),  # fmt: skip
+    DcgmField(PCIE_REPLAY_COUNTER, "counter", "Total number of PCIe retries.", "retries", PCIE_REPLAYS),
     DcgmField(GPU_UTIL, "gauge", "GPU utilization (in %).", "%", UTILIZATION),
     DcgmField(MEM_COPY_UTIL, "gauge", "Memory utilization (in %).", "%", UTILIZATION),
+    DcgmField(ENC_UTIL, "gauge", "Encoder utilization (in %).", "%", ENCODER_UTILIZATION),
+    DcgmField(DEC_UTIL, "gauge", "Decoder utilization (in %).", "%", DECODER_UTILIZATION),
     DcgmField(XID_ERRORS, "gauge", "Value of the last XID error encountered.", "xid", XID),
     DcgmField(FB_FREE, "gauge", "Framebuffer memory free (in MiB).", "MiB", MEMORY, mig=True),
     DcgmField(FB_USED, "gauge", "Framebuffer memory used (in MiB).", "MiB", MEMORY, mig=True),
+    DcgmField(FB_RESERVED, "gauge", "Framebuffer memory reserved (in MiB).", "MiB", MEMORY, mig=True),
     DcgmField(ECC_SBE_VOL_TOTAL, "counter", "Total number of single-bit volatile ECC errors.", "errors", ECC),
     DcgmField(ECC_DBE_VOL_TOTAL, "counter", "Total number of double-bit volatile ECC errors.", "errors", ECC),
     DcgmField(ECC_SBE_AGG_TOTAL, "counter", "Total number of single-bit persistent ECC errors.", "errors", ECC),
     DcgmField(ECC_DBE_AGG_TOTAL, "counter", "Total number of double-bit persistent ECC errors.", "errors", ECC),
+    DcgmField(NVLINK_BANDWIDTH_TOTAL, "counter", "Total number of NVLink bandwidth counters for all lanes.",
+              "MB/s", NVLINK_THROUGHPUT),  # fmt: skip
+    DcgmField(VGPU_LICENSE_STATUS, "gauge", "vGPU License status", "bool", VGPU_LICENSE),
     DcgmField(UNCORRECTABLE_REMAPPED_ROWS, "counter", "Number of remapped rows for uncorrectable errors", "rows",
               REMAPPED_ROWS),  # fmt: skip
     DcgmField(CORRECTABLE_REMAPPED_ROWS, "counter", "Number of remapped rows for correctable errors", "rows",

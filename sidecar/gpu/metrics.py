@@ -4,8 +4,9 @@ One family per DCGM field (`sidecar.gpu.fields`), with dcgm-exporter's help text
 and its label set: `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`,
 `Hostname` (left out when empty, as dcgm-exporter does), `DCGM_FI_DRIVER_VERSION`, plus `GPU_I_PROFILE`
 and `GPU_I_ID` on MIG instances and `err_code` / `err_msg` on
-`DCGM_FI_DEV_XID_ERRORS`. dcgm-exporter's counters are served untyped under their
-exact names (why: `sidecar.gpu.fields`).
+`DCGM_FI_DEV_XID_ERRORS`. dcgm-exporter's counters are counter families whose
+samples keep the field's exact name, no `_total` (how each format writes them:
+`sidecar.gpu.fields`).
 
 Only GPUs in state ok contribute values: a lost, stale or unreachable GPU's last
 readings would look current. Its state is in `sidecar_gpu_state` instead, next to
@@ -95,7 +96,7 @@ class GpuMetricsCollector(Collector):
     def _dcgm_fields(self, fresh: list[GpuSample]) -> Iterator[Metric]:
         labelled = [(sample, dcgm_labels(sample)) for sample in fresh]
         for field in NVML_FIELDS:
-            family = Metric(field.name, field.help, field.exposition_type)
+            family = Metric(field.name, field.help, field.prom_type)
             for sample, labels in labelled:
                 value = sample.fields.get(field.name)
                 if value is None:
@@ -144,7 +145,7 @@ class GpuMetricsCollector(Collector):
             "XID errors the driver reported for the GPU since the sidecar started.",
             labels=["gpu", "UUID", "xid"],
         )
-        theirs = Metric(XID_ERRORS_TOTAL.name, XID_ERRORS_TOTAL.help, XID_ERRORS_TOTAL.exposition_type)
+        theirs = Metric(XID_ERRORS_TOTAL.name, XID_ERRORS_TOTAL.help, XID_ERRORS_TOTAL.prom_type)
         for (gpu, xid), count in sorted(stats.xid_errors.items()):
             sample = gpus.get(gpu)
             labels = dcgm_labels(sample) if sample is not None else {"gpu": gpu, "device": f"nvidia{gpu}"}

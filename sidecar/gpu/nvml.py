@@ -67,6 +67,9 @@ LOST_RETRY_INTERVAL_S = 10.0
 _XID_WAIT_MS = 200
 """Longest single wait on the event set; bounds how long `stop()` waits for the XID thread."""
 _MIB = 1024 * 1024
+_ALL_LINKS = 0xFFFFFFFF
+"""The NVLink scope id NVML sums every link under (UINT_MAX), as DCGM asks for its bandwidth total."""
+_MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,8 @@ class _Gpu:
         self.mig_mode: int | None = None
         self.pcie: dict[str, float] = {}
         self.pcie_read_at = float("-inf")
+        self.nvlink: tuple[int, int] | None = None
+        """The last NVLink read: RX + TX KiB since the driver loaded, and when (microseconds)."""
         self.process_util_since_us = 0
 
 
@@ -605,6 +610,11 @@ class NvmlCollector:
             (f.SM_CLOCK, self._read_sm_clock),
             (f.MEMORY_CLOCK, self._read_memory_clock),
             (f.PCIE_THROUGHPUT, self._read_pcie),
+            (f.PCIE_REPLAYS, self._read_pcie_replays),
+            (f.ENCODER_UTILIZATION, self._read_encoder_utilization),
+            (f.DECODER_UTILIZATION, self._read_decoder_utilization),
+            (f.NVLINK_THROUGHPUT, self._read_nvlink_throughput),
+            (f.VGPU_LICENSE, self._read_vgpu_license),
             (f.ECC, self._read_ecc),
             (f.REMAPPED_ROWS, self._read_remapped_rows),
             (f.CLOCK_EVENTS, self._read_clock_events),
@@ -657,20 +667,37 @@ class NvmlCollector:
         return {f.GPU_UTIL: float(rates.gpu), f.MEM_COPY_UTIL: float(rates.memory)}
 
     def _read_memory(self, gpu: _Gpu, handle: Any = None) -> dict[str, float]:
-        memory = self._call(gpu, "nvmlDeviceGetMemoryInfo", gpu.handle if handle is None else handle)
-        # DCGM reports whole MiB.
+        target = gpu.handle if handle is None else handle
+        # v2, as DCGM reads it from driver 510 on: `used` without the reserved memory, which it reports.
+        version = getattr(self._nvml, "nvmlMemory_v2", None)
+        if version is not None and _MEMORY_V2 not in gpu.unsupported:
+            try:
+                memory = self._call(gpu, "nvmlDeviceGetMemoryInfo", target, version)
+            except _Unsupported:
+                gpu.unsupported.add(_MEMORY_V2)
+            else:
+                # DCGM reports whole MiB.
+                return {f.FB_FREE: float(memory.free // _MIB), f.FB_USED: float(memory.used // _MIB),
+                        f.FB_RESERVED: float(memory.reserved // _MIB)}  # fmt: skip
+        memory = self._call(gpu, "nvmlDeviceGetMemoryInfo", target)
         return {f.FB_FREE: float(memory.free // _MIB), f.FB_USED: float(memory.used // _MIB)}
 
     def _read_gpu_temperature(self, gpu: _Gpu) -> dict[str, float]:
         temperature = self._call(gpu, "nvmlDeviceGetTemperature", gpu.handle, self._nvml.NVML_TEMPERATURE_GPU)
         return {f.GPU_TEMP: float(temperature)}
 
-    def _read_memory_temperature(self, gpu: _Gpu) -> dict[str, float]:
-        # NVML has no getter for HBM temperature; it is a field value.
+    def _field_values(self, gpu: _Gpu, field_ids: list[Any]) -> list[Any]:
+        """`nvmlDeviceGetFieldValues` answers each field on its own; any field's error is the read's error."""
         nvml = self._nvml
-        value = self._call(gpu, "nvmlDeviceGetFieldValues", gpu.handle, [nvml.NVML_FI_DEV_MEMORY_TEMP])[0]
-        if value.nvmlReturn != nvml.NVML_SUCCESS:
-            raise self._classified("nvmlDeviceGetFieldValues", nvml.NVMLError(value.nvmlReturn))
+        values = list(self._call(gpu, "nvmlDeviceGetFieldValues", gpu.handle, field_ids))
+        for value in values:
+            if value.nvmlReturn != nvml.NVML_SUCCESS:
+                raise self._classified("nvmlDeviceGetFieldValues", nvml.NVMLError(value.nvmlReturn))
+        return values
+
+    def _number(self, value: Any) -> int | float:
+        """A field value's number, from the union member its value type names."""
+        nvml = self._nvml
         member = {
             nvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
             nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
@@ -679,7 +706,13 @@ class NvmlCollector:
             nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
             nvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
         }.get(value.valueType, "uiVal")
-        return {f.MEMORY_TEMP: float(getattr(value.value, member))}
+        number: int | float = getattr(value.value, member)
+        return number
+
+    def _read_memory_temperature(self, gpu: _Gpu) -> dict[str, float]:
+        # NVML has no getter for HBM temperature; it is a field value.
+        [value] = self._field_values(gpu, [self._nvml.NVML_FI_DEV_MEMORY_TEMP])
+        return {f.MEMORY_TEMP: float(self._number(value))}
 
     def _read_power(self, gpu: _Gpu) -> dict[str, float]:
         return {f.POWER_USAGE: self._call(gpu, "nvmlDeviceGetPowerUsage", gpu.handle) / 1000.0}  # mW -> W
@@ -706,6 +739,41 @@ class NvmlCollector:
             rx = self._call(gpu, "nvmlDeviceGetPcieThroughput", gpu.handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
             gpu.pcie = {f.PCIE_TX_THROUGHPUT: float(tx), f.PCIE_RX_THROUGHPUT: float(rx)}
         return dict(gpu.pcie)
+
+    def _read_pcie_replays(self, gpu: _Gpu) -> dict[str, float]:
+        return {f.PCIE_REPLAY_COUNTER: float(self._call(gpu, "nvmlDeviceGetPcieReplayCounter", gpu.handle))}
+
+    def _read_encoder_utilization(self, gpu: _Gpu) -> dict[str, float]:
+        utilization, _sampling_period_us = self._call(gpu, "nvmlDeviceGetEncoderUtilization", gpu.handle)
+        return {f.ENC_UTIL: float(utilization)}
+
+    def _read_decoder_utilization(self, gpu: _Gpu) -> dict[str, float]:
+        utilization, _sampling_period_us = self._call(gpu, "nvmlDeviceGetDecoderUtilization", gpu.handle)
+        return {f.DEC_UTIL: float(utilization)}
+
+    def _read_nvlink_throughput(self, gpu: _Gpu) -> dict[str, float]:
+        # DCGM's DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL: the RX + TX data counters of all links (KiB), their
+        # increase since the last read per second, divided by 1000 (DCGM's unit, MB/s), truncated.
+        nvml = self._nvml
+        values = self._field_values(gpu, [(nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, _ALL_LINKS),
+                                          (nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, _ALL_LINKS)])  # fmt: skip
+        total_kib = sum(int(self._number(value)) for value in values)
+        at_us = max(int(value.timestamp) for value in values) or time.monotonic_ns() // 1000
+        previous, gpu.nvlink = gpu.nvlink, (total_kib, at_us)
+        if previous is None or at_us <= previous[1] or total_kib < previous[0]:
+            return {}  # no rate from one read, nor across counters that started again (a driver reload)
+        rate = (total_kib - previous[0]) / ((at_us - previous[1]) / 1_000_000) / 1000
+        return {f.NVLINK_BANDWIDTH_TOTAL: float(int(rate))}
+
+    def _read_vgpu_license(self, gpu: _Gpu) -> dict[str, float]:
+        # As DCGM: 0 where NVML reports no licensable features (not a vGPU), else the vGPU feature's state.
+        features = self._call(gpu, "nvmlDeviceGetGridLicensableFeatures", gpu.handle)
+        if not features.isGridLicenseSupported:
+            return {f.VGPU_LICENSE_STATUS: 0.0}
+        for feature in list(features.gridLicensableFeatures)[: features.licensableFeaturesCount]:
+            if feature.featureCode == self._nvml.NVML_GRID_LICENSE_FEATURE_CODE_VGPU:
+                return {f.VGPU_LICENSE_STATUS: 1.0 if feature.featureState > 0 else 0.0}
+        return {}
 
     def _read_ecc(self, gpu: _Gpu) -> dict[str, float]:
         nvml = self._nvml

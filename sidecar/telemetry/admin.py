@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from sidecar import __version__
 from sidecar.config import AdminTlsConfig
+from sidecar.telemetry.exposition import choose_encoder
 from sidecar.telemetry.status import PAGE_HEADERS, StatusAssets, StatusPage, wants_html
 
 ReadinessCheck = Callable[[], str | None]
@@ -139,7 +139,8 @@ def create_admin_app(
 
     async def metrics(request: web.Request) -> web.Response:
         # OpenMetrics (which carries exemplars) when the scraper asks for it,
-        # Prometheus text format otherwise, as prometheus-client decides.
+        # Prometheus text format otherwise, as prometheus-client decides; counters
+        # that keep their exact names are written as dcgm-exporter writes them.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         response = web.Response(body=encoder(registry))
         response.headers["Content-Type"] = content_type

@@ -22,9 +22,13 @@ Faults on demand:
   registered `nvmlEventTypeXidCriticalError` on.
 - `enable_mig(i, [(profile, gpu_instance_id), ...])`: MIG mode with those GPU
   instances.
+- `reset_nvlink_counters(i)`: the NVLink throughput counters restart from 0, as
+  after a driver reload.
 
 Where it differs from NVML: values do not move except energy (power x elapsed
-time) and what the test sets; `nvmlDeviceGetPcieThroughput` sleeps
+time), the NVLink throughput counters (rate x elapsed time) and what the test
+sets; NVLink counters answer only for all links at once (scope id UINT_MAX, as
+DCGM asks), not per link; `nvmlDeviceGetPcieThroughput` sleeps
 `pcie_delay` (20 ms, as the driver blocks) without using CPU; handles are plain
 objects, not ctypes pointers; only one sample per process is kept for the
 process-utilisation calls; functions the collector does not call are absent
@@ -44,8 +48,12 @@ from typing import Any
 import pynvml
 
 _NO_INSTANCE = 0xFFFFFFFF
+_ALL_LINKS = 0xFFFFFFFF
 _MIB = 1024 * 1024
 _H100_MEMORY_MIB = 81559
+_H100_RESERVED_MIB = 562
+"""What the driver keeps for itself: the recorded dcgm-exporter payload's total less free less used."""
+_SAMPLING_PERIOD_US = 167_000
 _H100_BUS_IDS = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")
 
 
@@ -86,6 +94,8 @@ class FakeGpu:
     memory_util: int = 41
     memory_total_mib: int = _H100_MEMORY_MIB
     memory_used_mib: int = 73_728
+    """Allocated by processes (nvmlMemory_v2_t.used); the v1 answer's `used` adds the reserved memory."""
+    memory_reserved_mib: int = _H100_RESERVED_MIB
     temperature_c: int = 54
     memory_temperature_c: int = 62
     power_mw: int = 412_500
@@ -94,6 +104,18 @@ class FakeGpu:
     memory_clock_mhz: int = 2619
     pcie_tx_kbs: int = 1_234
     pcie_rx_kbs: int = 5_678
+    pcie_replays: int = 0
+    encoder_util: int = 0
+    decoder_util: int = 0
+    nvlink: bool = True
+    """False: a GPU without NVLink (a PCIe card), whose NVLink field values answer NOT_SUPPORTED."""
+    nvlink_rx_kib_per_s: int = 14_067_500
+    nvlink_tx_kib_per_s: int = 14_067_500
+    """Together 28 135 MB/s as DCGM counts it, what the recorded dcgm-exporter payload shows for GPU 0."""
+    nvlink_rx_kib: float = 0.0
+    nvlink_tx_kib: float = 0.0
+    vgpu_licensed: bool | None = None
+    """None: not a vGPU (bare metal, NVML reports no licensable features); else the vGPU's license state."""
     ecc: dict[tuple[int, int], int] = field(default_factory=dict)
     """(NVML_MEMORY_ERROR_TYPE_*, NVML_VOLATILE_ECC / NVML_AGGREGATE_ECC) -> count."""
     remapped_rows: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -115,6 +137,31 @@ class FakeMemory:
     total: int
     free: int
     used: int
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMemoryV2:
+    version: int
+    total: int
+    reserved: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGridLicensableFeature:
+    featureCode: int  # noqa: N815 - pynvml's attribute names
+    featureState: int  # noqa: N815
+    licenseInfo: str  # noqa: N815
+    productName: str  # noqa: N815
+    featureEnabled: int  # noqa: N815
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGridLicensableFeatures:
+    isGridLicenseSupported: int  # noqa: N815
+    licensableFeaturesCount: int  # noqa: N815
+    gridLicensableFeatures: tuple[FakeGridLicensableFeature, ...]  # noqa: N815
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +206,10 @@ class FakeFieldValue:
     nvmlReturn: int  # noqa: N815
     valueType: int  # noqa: N815
     value: FakeFieldValueUnion
+    scopeId: int = 0  # noqa: N815
+    timestamp: int = 0
+    """Microseconds, from the stand-in's clock (NVML: since the epoch)."""
+    latencyUsec: int = 0  # noqa: N815
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +270,7 @@ class FakeNvml:
         self._lock = threading.Lock()
         self._events = threading.Condition(self._lock)
         self._released = threading.Event()
-        self._energy_since = {gpu.index: clock() for gpu in self.gpus}
+        self._counted_until = {gpu.index: clock() for gpu in self.gpus}
         self._calls: Counter[tuple[str, int | None]] = Counter()
         self._faults: list[_Fault] = []
         self._lost: set[int] = set()
@@ -304,8 +355,14 @@ class FakeNvml:
     def set_power(self, gpu: int, watts: float) -> None:
         """Change the power draw; the energy counter keeps what was drawn so far."""
         with self._lock:
-            self._accumulate_energy(self.gpus[gpu])
+            self._accumulate(self.gpus[gpu])
             self.gpus[gpu].power_mw = int(watts * 1000)
+
+    def reset_nvlink_counters(self, gpu: int) -> None:
+        """The NVLink throughput counters start again from 0, as after a driver reload."""
+        with self._lock:
+            self._accumulate(self.gpus[gpu])
+            self.gpus[gpu].nvlink_rx_kib = self.gpus[gpu].nvlink_tx_kib = 0.0
 
     def calls(self, function: str, gpu: int | None = None) -> int:
         """How often `function` was called (about GPU `gpu`; None: in all)."""
@@ -351,10 +408,15 @@ class FakeNvml:
             return None
         return self._gpu(handle).mig_instances[handle.mig_slot]
 
-    def _accumulate_energy(self, gpu: FakeGpu) -> None:
+    def _accumulate(self, gpu: FakeGpu) -> float:
+        """Advances the energy and NVLink counters to now; returns now."""
         now = self._clock()
-        gpu.energy_mj += gpu.power_mw * (now - self._energy_since[gpu.index])  # mW x s = mJ
-        self._energy_since[gpu.index] = now
+        elapsed = now - self._counted_until[gpu.index]
+        gpu.energy_mj += gpu.power_mw * elapsed  # mW x s = mJ
+        gpu.nvlink_rx_kib += gpu.nvlink_rx_kib_per_s * elapsed
+        gpu.nvlink_tx_kib += gpu.nvlink_tx_kib_per_s * elapsed
+        self._counted_until[gpu.index] = now
+        return now
 
     def _whole_gpu_only(self, handle: FakeHandle) -> FakeGpu:
         # MIG devices answer memory, name, UUID and processes; device-wide readings stay on the GPU.
@@ -426,13 +488,21 @@ class FakeNvml:
             raise pynvml.NVMLError_NotSupported()
         return FakeUtilization(gpu.gpu_util, gpu.memory_util)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, version: int | None = None) -> FakeMemory:  # noqa: N802
-        self._enter("nvmlDeviceGetMemoryInfo", handle.index)
+    def nvmlDeviceGetMemoryInfo(  # noqa: N802
+        self, handle: FakeHandle, version: int | None = None
+    ) -> FakeMemory | FakeMemoryV2:
+        # pynvml calls nvmlDeviceGetMemoryInfo_v2 when given a version: faults name that function.
+        self._enter("nvmlDeviceGetMemoryInfo_v2" if version else "nvmlDeviceGetMemoryInfo", handle.index)
         instance = self._instance(handle)
         gpu = self._gpu(handle)
-        total, used = (instance.memory_total_mib, instance.memory_used_mib) if instance else (
-            gpu.memory_total_mib, gpu.memory_used_mib)  # fmt: skip
-        return FakeMemory(total=total * _MIB, free=(total - used) * _MIB, used=used * _MIB)
+        total, used, reserved = (instance.memory_total_mib, instance.memory_used_mib, 0) if instance else (
+            gpu.memory_total_mib, gpu.memory_used_mib, gpu.memory_reserved_mib)  # fmt: skip
+        free = total - reserved - used
+        if not version:
+            return FakeMemory(total=total * _MIB, free=free * _MIB, used=(total - free) * _MIB)
+        if version != pynvml.nvmlMemory_v2:
+            raise pynvml.NVMLError_ArgumentVersionMismatch()
+        return FakeMemoryV2(version, total * _MIB, reserved=reserved * _MIB, free=free * _MIB, used=used * _MIB)
 
     def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetTemperature", handle.index)
@@ -441,18 +511,30 @@ class FakeNvml:
         return self._whole_gpu_only(handle).temperature_c
 
     def nvmlDeviceGetFieldValues(  # noqa: N802
-        self, handle: FakeHandle, field_ids: Sequence[int]
+        self, handle: FakeHandle, field_ids: Sequence[int | tuple[int, int]]
     ) -> list[FakeFieldValue]:
         self._enter("nvmlDeviceGetFieldValues", handle.index)
         gpu = self._whole_gpu_only(handle)
+        with self._lock:
+            at_us = int(self._accumulate(gpu) * 1_000_000)
+            nvlink = {pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: int(gpu.nvlink_rx_kib),
+                      pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: int(gpu.nvlink_tx_kib)}  # fmt: skip
         values = []
-        for field_id in field_ids:
+        for requested in field_ids:
+            # pynvml takes a field id, or a (field id, scope id) pair.
+            field_id, scope = requested if isinstance(requested, tuple) else (requested, 0)
             if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP:
                 values.append(FakeFieldValue(field_id, pynvml.NVML_SUCCESS, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT,
-                                             FakeFieldValueUnion(uiVal=gpu.memory_temperature_c)))  # fmt: skip
+                                             FakeFieldValueUnion(uiVal=gpu.memory_temperature_c), scope,
+                                             at_us))  # fmt: skip
+            elif field_id in nvlink and gpu.nvlink:
+                status = pynvml.NVML_SUCCESS if scope == _ALL_LINKS else pynvml.NVML_ERROR_INVALID_ARGUMENT
+                values.append(FakeFieldValue(field_id, status, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+                                             FakeFieldValueUnion(ullVal=nvlink[field_id]), scope, at_us))  # fmt: skip
             else:
                 values.append(FakeFieldValue(field_id, pynvml.NVML_ERROR_NOT_SUPPORTED,
-                                             pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, FakeFieldValueUnion()))  # fmt: skip
+                                             pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, FakeFieldValueUnion(), scope,
+                                             at_us))  # fmt: skip
         return values
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:  # noqa: N802
@@ -463,7 +545,7 @@ class FakeNvml:
         self._enter("nvmlDeviceGetTotalEnergyConsumption", handle.index)
         gpu = self._whole_gpu_only(handle)
         with self._lock:
-            self._accumulate_energy(gpu)
+            self._accumulate(gpu)
             return int(gpu.energy_mj)
 
     def nvmlDeviceGetClockInfo(self, handle: FakeHandle, clock_type: int) -> int:  # noqa: N802
@@ -485,6 +567,29 @@ class FakeNvml:
         if counter == pynvml.NVML_PCIE_UTIL_RX_BYTES:
             return gpu.pcie_rx_kbs
         raise pynvml.NVMLError_InvalidArgument()
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: FakeHandle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetPcieReplayCounter", handle.index)
+        return self._whole_gpu_only(handle).pcie_replays
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: FakeHandle) -> list[int]:  # noqa: N802
+        self._enter("nvmlDeviceGetEncoderUtilization", handle.index)
+        return [self._whole_gpu_only(handle).encoder_util, _SAMPLING_PERIOD_US]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: FakeHandle) -> list[int]:  # noqa: N802
+        self._enter("nvmlDeviceGetDecoderUtilization", handle.index)
+        return [self._whole_gpu_only(handle).decoder_util, _SAMPLING_PERIOD_US]
+
+    def nvmlDeviceGetGridLicensableFeatures(self, handle: FakeHandle) -> FakeGridLicensableFeatures:  # noqa: N802
+        self._enter("nvmlDeviceGetGridLicensableFeatures", handle.index)
+        licensed = self._whole_gpu_only(handle).vgpu_licensed
+        if licensed is None:
+            return FakeGridLicensableFeatures(0, 0, ())
+        vgpu = FakeGridLicensableFeature(
+            featureCode=pynvml.NVML_GRID_LICENSE_FEATURE_CODE_VGPU, featureState=int(licensed),
+            licenseInfo="", productName="NVIDIA Virtual Compute Server", featureEnabled=1,
+        )  # fmt: skip
+        return FakeGridLicensableFeatures(1, 1, (vgpu,))
 
     def nvmlDeviceGetTotalEccErrors(self, handle: FakeHandle, error_type: int, counter_type: int) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetTotalEccErrors", handle.index)

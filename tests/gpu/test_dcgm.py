@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import DcgmExporterConfig
 from sidecar.exchange import GpuEvent, GpuSample, GpuState
 from sidecar.gpu.dcgm import DcgmExporterScraper, DcgmReexportCollector, parse_dcgm_exporter
+from sidecar.telemetry.exposition import choose_encoder
 from tests.support.tools import require_tool, serve_on_loopback, wait_for
 
 RECORDED = (Path(__file__).parent / "data" / "dcgm-exporter.txt").read_text()
@@ -133,8 +134,10 @@ class Scraped:
     def events_of(self, kind: str) -> list[GpuEvent]:
         return [event for event in self.events if event.kind == kind]
 
-    def exposed_text(self) -> str:
-        return generate_latest(self.registry).decode()
+    def exposed_text(self, accept: str = "") -> str:
+        """What the sidecar's /metrics answers a scraper sending `accept` (none: the Prometheus text format)."""
+        encoder, _ = choose_encoder(accept)
+        return encoder(self.registry).decode()
 
     def exposed(self) -> dict[str, Metric]:
         return {family.name: family for family in text_string_to_metric_families(self.exposed_text())}
@@ -303,21 +306,21 @@ async def test_reexposed_families_match_the_recorded_ones(exporter: FakeExporter
     for name, original in recorded.items():
         family = exposed[name]
         assert family.documentation == original.documentation
-        # prometheus-client can only write a counter as `<name>_total`; dcgm-exporter's counters
-        # keep their names and lose the type instead.
-        assert family.type == ("unknown" if name in RECORDED_COUNTERS else original.type), name
+        assert family.type == original.type, name
         assert [s.labels for s in family.samples] == [s.labels for s in original.samples]
         assert [s.value for s in family.samples] == [s.value for s in original.samples]
 
-    # On the wire: series under dcgm-exporter's exact names, label values escaped as they came.
+    # On the wire: series under dcgm-exporter's exact names and types, label values escaped as they came.
     text = scraped.exposed_text()
-    assert "\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in text
-    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total" not in text
-    assert "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total" not in text
+    for name in RECORDED_COUNTERS:
+        assert f"\n# TYPE {name} counter\n{name}{{" in text, name
+        assert f"{name}_total" not in text
     assert 'err_msg="No Error"' in text
-    openmetrics = generate_openmetrics(scraped.registry).decode()
-    assert "\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in openmetrics
-    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown" in openmetrics
+    # OpenMetrics has no counter without `_total`: the same names, typed unknown, and a valid exposition.
+    openmetrics = scraped.exposed_text("application/openmetrics-text; version=1.0.0")
+    assert "\n# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in openmetrics
+    parsed = {family.name: family for family in parse_openmetrics(openmetrics)}
+    assert {parsed[name].type for name in RECORDED_COUNTERS} == {"unknown"}
     assert scraped.exposed_value("sidecar_dcgm_exporter_up") == 1
     assert scraped.exposed_value("sidecar_dcgm_exporter_last_success_timestamp_seconds") == scraped.scraper.last_success
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -84,14 +85,23 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def scrape(running: RunningSidecar) -> dict[str, list[Sample]]:
+async def scrape_text(running: RunningSidecar, accept: str | None = None) -> str:
     async with aiohttp.ClientSession() as client:
-        async with client.get(f"{running.admin_url}/metrics") as response:
+        headers = {"Accept": accept} if accept else {}
+        async with client.get(f"{running.admin_url}/metrics", headers=headers) as response:
             assert response.status == 200
-            text = await response.text()
+            return await response.text()
+
+
+async def scrape(running: RunningSidecar) -> dict[str, list[Sample]]:
+    """Samples by family, under the names they were written with (prometheus_client's parser appends
+    `_total` to every counter sample; dcgm-exporter's upper-case counters have none)."""
     families: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(text):
-        families.setdefault(family.name, []).extend(family.samples)
+    for family in text_string_to_metric_families(await scrape_text(running)):
+        exact = family.type == "counter" and family.name.isupper()
+        families.setdefault(family.name, []).extend(
+            s._replace(name=family.name) if exact and s.name == family.name + "_total" else s for s in family.samples
+        )
     return families
 
 
@@ -107,11 +117,15 @@ def audit_records(data_dir: Path) -> list[dict[str, Any]]:
             for line in path.read_text().splitlines()]  # fmt: skip
 
 
-async def test_every_nvml_field_is_served_with_dcgm_exporters_label_keys(
+async def test_every_nvml_field_is_served_with_dcgm_exporters_types_and_label_keys(
     make_sidecar: SidecarFactory, model: SlowModel
 ) -> None:
     nvml = FakeNvml(2, pcie_delay=0.0)
     running, _ = await start_with_gpus(make_sidecar, model.url, nvml)
+    nvml_collector = running.sidecar.nvml
+    assert nvml_collector is not None
+    # NVLink bandwidth is a rate: it has a value from each GPU's second read on.
+    await until(lambda: all(set(s.fields) == set(f.FIELDS_BY_NAME) for s in nvml_collector.latest().values()))
     families = await scrape(running)
 
     expected_keys = recorded_label_keys()
@@ -124,6 +138,16 @@ async def test_every_nvml_field_is_served_with_dcgm_exporters_label_keys(
     assert [s.value for s in families["sidecar_nvml_up"]] == [1.0]
     ok = {s.labels["gpu"] for s in families["sidecar_gpu_state"] if s.labels["state"] == "ok" and s.value == 1}
     assert ok == {"0", "1"}
+
+    # The types dcgm-exporter declares, counters included, in the Prometheus text format; OpenMetrics
+    # (which Prometheus asks for first) has no counter without `_total`, so there they are unknown.
+    text = await scrape_text(running)
+    openmetrics = {family.name: family for family in parse_openmetrics(
+        await scrape_text(running, "application/openmetrics-text; version=1.0.0"))}  # fmt: skip
+    for field in f.NVML_FIELDS:
+        assert f"\n# TYPE {field.name} {field.prom_type}\n{field.name}{{" in text, field.name
+        assert openmetrics[field.name].type == ("unknown" if field.prom_type == "counter" else "gauge"), field.name
+        assert {s.name for s in openmetrics[field.name].samples} == {field.name}
 
 
 async def test_requests_carry_gpu_time_energy_and_cost_on_exchange_metrics_and_audit(

@@ -88,7 +88,8 @@ def test_every_field_of_every_gpu_in_dcgm_units(fake: FakeNvml, make: Make) -> N
     assert latest["1"].pci_bus_id == "00000000:2A:00.0"
     fields = latest["0"].fields
     assert fields[f.POWER_USAGE] == 412.5  # mW -> W
-    assert fields[f.FB_USED] == 73_728 and fields[f.FB_FREE] == 81_559 - 73_728  # MiB
+    # MiB, from the v2 memory info as DCGM reads it: used leaves out what the driver reserves.
+    assert (fields[f.FB_USED], fields[f.FB_RESERVED], fields[f.FB_FREE]) == (73_728, 562, 81_559 - 562 - 73_728)
     assert fields[f.GPU_UTIL] == 87 and fields[f.MEM_COPY_UTIL] == 41
     assert (fields[f.GPU_TEMP], fields[f.MEMORY_TEMP]) == (54, 62)
     assert (fields[f.SM_CLOCK_FIELD], fields[f.MEM_CLOCK_FIELD]) == (1980, 2619)
@@ -123,6 +124,73 @@ def test_unsupported_read_is_tried_once_and_its_fields_are_absent(fake: FakeNvml
     assert collector.stats().read_errors == {}, "unsupported is not an error"
     assert all(s.state is GpuState.OK for s in recorder.samples)
     assert collector.latest()["1"].pci_bus_id == "", "sampled without a bus id rather than not at all"
+
+
+def test_the_fields_dcgm_exporter_adds_by_default(fake: FakeNvml, make: Make) -> None:
+    fake.gpus[0].pcie_replays = 3
+    fake.gpus[0].decoder_util = 12
+    fake.gpus[1].vgpu_licensed = True  # a vGPU guest with its license
+    collector, recorder = make(fake)
+    collector.start()
+    wait_until(lambda: len(recorder.of_gpu("0")) >= 4 and len(recorder.of_gpu("1")) >= 4, what="four samples each")
+    collector.stop()
+
+    gpu0, gpu1 = collector.latest()["0"].fields, collector.latest()["1"].fields
+    assert (gpu0[f.PCIE_REPLAY_COUNTER], gpu1[f.PCIE_REPLAY_COUNTER]) == (3, 0)
+    assert (gpu0[f.ENC_UTIL], gpu0[f.DEC_UTIL]) == (0, 12)
+    assert fake.calls("nvmlDeviceGetMemoryInfo_v2", 0) >= 4 and fake.calls("nvmlDeviceGetMemoryInfo", 0) == 0
+    # As DCGM reports it: 0 on bare metal (no licensable features), 1 for a licensed vGPU.
+    assert (gpu0[f.VGPU_LICENSE_STATUS], gpu1[f.VGPU_LICENSE_STATUS]) == (0, 1)
+    # NVLink: DCGM's rate, (RX + TX KiB increase) / seconds / 1000, from the second read on.
+    first, *later = recorder.of_gpu("0")
+    assert f.NVLINK_BANDWIDTH_TOTAL not in first.fields
+    assert [s.fields[f.NVLINK_BANDWIDTH_TOTAL] for s in later] == pytest.approx([28_135] * len(later), abs=2)
+    assert collector.stats().read_errors == {}
+
+
+def test_reads_a_gpu_or_driver_lacks_are_tried_once(fake: FakeNvml, make: Make) -> None:
+    fake.gpus[1].nvlink = False  # a PCIe card: its NVLink field values answer NOT_SUPPORTED
+    fake.fail(1, "nvmlDeviceGetPcieReplayCounter", pynvml.NVMLError_NotSupported)
+    fake.fail(None, "nvmlDeviceGetEncoderUtilization", pynvml.NVMLError_NotSupported)
+    fake.fail(0, "nvmlDeviceGetGridLicensableFeatures", pynvml.NVMLError_FunctionNotFound)
+    fake.fail(None, "nvmlDeviceGetMemoryInfo_v2", pynvml.NVMLError_FunctionNotFound)  # a driver before 510
+    collector, recorder = make(fake)
+    collector.start()
+    wait_until(lambda: len(recorder.of_gpu("0")) >= 5 and len(recorder.of_gpu("1")) >= 5, what="five samples each")
+    collector.stop()
+
+    gpu0, gpu1 = collector.latest()["0"].fields, collector.latest()["1"].fields
+    assert f.NVLINK_BANDWIDTH_TOTAL in gpu0 and f.NVLINK_BANDWIDTH_TOTAL not in gpu1
+    reads = {gpu: fake.calls("nvmlDeviceGetMigMode", gpu) for gpu in (0, 1)}  # one per read of the GPU
+    # Field values: memory temperature every read, NVLink every read on GPU 0 and once on GPU 1.
+    assert fake.calls("nvmlDeviceGetFieldValues", 0) == 2 * reads[0]
+    assert fake.calls("nvmlDeviceGetFieldValues", 1) == reads[1] + 1
+    assert f.PCIE_REPLAY_COUNTER in gpu0 and f.PCIE_REPLAY_COUNTER not in gpu1
+    assert fake.calls("nvmlDeviceGetPcieReplayCounter", 1) == 1
+    assert f.ENC_UTIL not in gpu0 | gpu1 and f.DEC_UTIL in gpu0 and f.DEC_UTIL in gpu1, "one reader each"
+    assert fake.calls("nvmlDeviceGetEncoderUtilization") == 2
+    assert f.VGPU_LICENSE_STATUS not in gpu0 and gpu1[f.VGPU_LICENSE_STATUS] == 0
+    assert fake.calls("nvmlDeviceGetGridLicensableFeatures", 0) == 1
+    # Without the v2 call, v1 answers: used includes the reserved memory, which has no series of its own.
+    assert (gpu0[f.FB_USED], gpu0[f.FB_FREE]) == (73_728 + 562, 81_559 - 562 - 73_728)
+    assert f.FB_RESERVED not in gpu0
+    assert fake.calls("nvmlDeviceGetMemoryInfo_v2", 0) == 1
+    assert collector.stats().read_errors == {}, "unsupported is not an error"
+
+
+def test_nvlink_bandwidth_starts_again_when_its_counters_go_back(fake: FakeNvml, make: Make) -> None:
+    collector, recorder = make(fake)
+    collector.start()
+    wait_until(lambda: len(recorder.of_gpu("0")) >= 3, what="three samples")
+    fake.reset_nvlink_counters(0)
+    before = len(recorder.of_gpu("0"))
+    wait_until(lambda: len(recorder.of_gpu("0")) >= before + 3, what="three samples after the reset")
+    collector.stop()
+
+    rates = [s.fields.get(f.NVLINK_BANDWIDTH_TOTAL) for s in recorder.of_gpu("0")]
+    missing = [i for i, rate in enumerate(rates) if rate is None]
+    assert len(missing) == 2 and missing[0] == 0 and missing[1] >= before - 1, f"the first read, one after: {rates}"
+    assert [rate for rate in rates if rate is not None] == pytest.approx([28_135] * (len(rates) - 2), abs=2)
 
 
 def test_a_failing_read_is_counted_and_asked_again(fake: FakeNvml, make: Make) -> None:
@@ -300,7 +368,7 @@ def test_mig_instances_get_samples_of_their_own(fake: FakeNvml, make: Make) -> N
     assert (small.gpu_instance_profile, small.gpu_instance_id) == ("1g.10gb", "9")
     for instance in (big, small):
         assert (instance.gpu, instance.uuid, instance.device) == ("1", parent.uuid, "nvidia1"), "parent's labels"
-        assert set(instance.fields) == {f.FB_USED, f.FB_FREE}
+        assert set(instance.fields) == {f.FB_USED, f.FB_FREE, f.FB_RESERVED}
     assert small.fields[f.FB_USED] == (10 * 1024 - 384) // 2
     assert [(p.pid, p.used_memory_bytes) for p in small.processes] == [(7001, 3 * 2**30)]
     assert big.processes == () and parent.processes == (), "no process counted twice"
