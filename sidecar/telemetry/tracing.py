@@ -157,6 +157,7 @@ class Tracing:
         }
         attributes.update(config.resource_attributes)
         exporter = _exporter(config)
+        self._exporter = exporter
         # Without an exporter the sidecar opens no spans: a span nobody exports,
         # made the parent of the model server's spans, would leave those orphaned.
         # The caller's trace context then passes through untouched.
@@ -286,8 +287,14 @@ class Tracing:
         The SDK's flush ignores its timeout and its shutdown waits up to 30 s,
         both blocking on every export a hanging collector holds; so they run on
         a daemon thread that is waited for at most `timeout_s` and cannot hold
-        up the process's exit.
+        up the process's exit. Past that, the exporter is shut down too: what is
+        still queued is dropped, and no export retries a collector that is down
+        after the sidecar has stopped.
         """
         worker = threading.Thread(target=self._provider.shutdown, name="span-export-shutdown", daemon=True)
         worker.start()
         worker.join(timeout_s)
+        if worker.is_alive() and self._exporter is not None:
+            # Ends the retry backoff at once; the batches left then fail without a request. An
+            # export already on the wire still runs to its own timeout (tracing.timeout).
+            self._exporter.shutdown()
