@@ -400,7 +400,8 @@ class LlmConfig(Section):
     """Recognising model calls (OpenAI-compatible, KServe, TGI, Ollama) and reading their usage."""
 
     enabled: bool = True
-    """Read model, token counts and timings from model-call bodies as they pass."""
+    """Read model, token counts and timings from model-call bodies as they pass. Off, model allowlists
+    and stream caps still read what they need."""
     request_peek_bytes: Bytes = Field("64KiB", ge=0)  # type: ignore[assignment]
     """How much of a large request body is kept to find `model` and `stream`; smaller bodies are read whole."""
     max_parsed_body: Bytes = Field("4MiB", ge=0)  # type: ignore[assignment]

@@ -528,6 +528,8 @@ class ProxyHandler:
             flight.principal = identity.principal
 
         route, path_model = match_route(request.method, request.path)
+        # A model call whether or not its bodies are read (llm.enabled): allowlists and stream caps hold either way.
+        model_call = route is not None and route.protocol is not None
         tracing = self._tracing
         if tracing is not None:
             flight.span = tracing.start(headers, request.method, route.template if route else None, flight.start_ns)
@@ -567,7 +569,7 @@ class ProxyHandler:
             elif (
                 access is not None
                 and identity is not None
-                and flight.tap is not None
+                and model_call
                 and access.needs_request_facts(identity)
             ):
                 # An access decision rests on the model or stream flag: read and parse the whole
@@ -586,7 +588,6 @@ class ProxyHandler:
 
         client_ip = request.remote
         if access is not None and identity is not None:
-            model_call = flight.tap is not None
             model, stream = path_model, False
             if model_call and access.needs_request_facts(identity):
                 whole = body if isinstance(body, bytes) else b""
@@ -595,7 +596,8 @@ class ProxyHandler:
                 else:
                     facts = read_request(whole, True)
                 flight.facts = facts
-                model, stream = facts.model or path_model, facts.stream is True
+                model = facts.model or path_model
+                stream = route is not None and route.streams(facts.stream)
             admitted = access.admit(identity, client_ip, model=model, stream=stream, model_call=model_call)
             if isinstance(admitted, Refusal):
                 if not isinstance(body, bytes) and body is not None:

@@ -142,6 +142,19 @@ async def test_a_model_outside_the_allowlist_gets_403(
     assert [exchange.gen_ai.request_model for exchange in served if exchange.gen_ai] == ["small-model"]
 
 
+async def test_the_model_allowlist_holds_when_model_calls_are_not_read(
+    make_sidecar: SidecarFactory, upstream: TestUpstream, credentials: Credentials
+) -> None:
+    running = await make_sidecar(upstream.url, **credentials.auth_settings(), llm__enabled=False)
+    headers = _bearer(credentials.keys["globex-1"])
+    big = json.dumps({"model": "big-model", "messages": [{"role": "user", "content": "x" * 200_000}]}).encode()
+    async with aiohttp.ClientSession() as client:
+        for body in (json.dumps({"model": "big-model", "messages": []}).encode(), big):
+            async with client.post(f"{running.url}/v1/chat/completions", data=body,
+                                   headers={**headers, "Content-Type": "application/json"}) as response:  # fmt: skip
+                assert response.status == 403, len(body)
+
+
 @pytest.mark.parametrize(
     ("mode", "expected"), [("strip", None), ("pass", "client"), ("replace", "Bearer model-server-token")]
 )

@@ -13,21 +13,40 @@ class Route:
     protocol: str | None
     operation: str | None
     streams_by_default: bool = False
+    """The answer streams unless the body says `"stream": false` (Ollama)."""
     always_streams: bool = False
+    """The answer streams whatever the body says (TGI's /generate_stream)."""
+
+    def streams(self, requested: bool | None) -> bool:
+        """Whether the answer will stream, given the body's `stream` flag (None: the body did not say).
+
+        A body that asks for a stream is taken at its word on every model route: a server that
+        ignores the flag only costs the caller a stream slot for the length of one answer.
+        """
+        if self.always_streams:
+            return True
+        if requested is None:
+            return self.streams_by_default
+        return requested
 
 
-_EXACT: dict[tuple[str, str], Route] = {
-    ("POST", "/v1/chat/completions"): Route("/v1/chat/completions", "openai", "chat"),
-    ("POST", "/v1/completions"): Route("/v1/completions", "openai", "text_completion"),
-    ("POST", "/v1/embeddings"): Route("/v1/embeddings", "openai", "embeddings"),
-    ("POST", "/v1/responses"): Route("/v1/responses", "openai_responses", "chat"),
-    ("POST", "/generate"): Route("/generate", "tgi", "text_completion"),
-    ("POST", "/generate_stream"): Route("/generate_stream", "tgi", "text_completion", always_streams=True),
-    ("POST", "/api/generate"): Route("/api/generate", "ollama", "text_completion", streams_by_default=True),
-    ("POST", "/api/chat"): Route("/api/chat", "ollama", "chat", streams_by_default=True),
-    ("POST", "/api/embed"): Route("/api/embed", "ollama", "embeddings"),
-    ("POST", "/api/embeddings"): Route("/api/embeddings", "ollama", "embeddings"),
-}
+# Every model-call route (all POST). Paths with a variable part name it `{model}`.
+_MODEL_ROUTES = (
+    Route("/v1/chat/completions", "openai", "chat"),
+    Route("/v1/completions", "openai", "text_completion"),
+    Route("/v1/embeddings", "openai", "embeddings"),
+    Route("/v1/responses", "openai_responses", "chat"),
+    Route("/generate", "tgi", "text_completion"),
+    Route("/generate_stream", "tgi", "text_completion", always_streams=True),
+    Route("/api/generate", "ollama", "text_completion", streams_by_default=True),
+    Route("/api/chat", "ollama", "chat", streams_by_default=True),
+    Route("/api/embed", "ollama", "embeddings"),
+    Route("/api/embeddings", "ollama", "embeddings"),
+    Route("/v1/models/{model}:predict", "kserve", "predict"),
+    Route("/v2/models/{model}:predict", "kserve", "predict"),
+)
+_EXACT = {route.template: route for route in _MODEL_ROUTES if "{" not in route.template}
+_TEMPLATED = {route.template: route for route in _MODEL_ROUTES if "{" in route.template}
 # Paths that are not model calls but are common enough to deserve their own route label.
 _PLAIN = frozenset(
     {"/v1/models", "/health", "/healthz", "/metrics", "/ping", "/version", "/api/tags", "/api/version", "/info"}
@@ -35,15 +54,21 @@ _PLAIN = frozenset(
 _KSERVE_PREDICT = re.compile(r"/(v[12])/models/([^/]+?):predict")
 
 
+def model_routes() -> tuple[Route, ...]:
+    """Every route that is a model call, all of them POST; a check that branches on protocol covers each."""
+    return _MODEL_ROUTES
+
+
 def match_route(method: str, path: str) -> tuple[Route | None, str | None]:
     """(route, model named in the path) for known paths; (None, None) for the rest."""
-    route = _EXACT.get((method, path))
-    if route is not None:
-        return route, None
-    if method == "POST" and path.endswith(":predict"):
-        match = _KSERVE_PREDICT.fullmatch(path)
-        if match:
-            return Route(f"/{match.group(1)}/models/{{model}}:predict", "kserve", "predict"), match.group(2)
+    if method == "POST":
+        route = _EXACT.get(path)
+        if route is not None:
+            return route, None
+        if path.endswith(":predict"):
+            match = _KSERVE_PREDICT.fullmatch(path)
+            if match:
+                return _TEMPLATED[f"/{match.group(1)}/models/{{model}}:predict"], match.group(2)
     if path in _PLAIN:
         return Route(path, None, None), None
     return None, None
