@@ -323,7 +323,7 @@ class HealthCheckConfig(Section):
         if self.timeout > self.interval:
             raise ValueError(
                 f"health.timeout ({format_duration(self.timeout)}) must not exceed "
-                f"health.interval ({format_duration(self.interval)})"
+                f"health.interval ({format_duration(self.interval)}); expected a shorter timeout or a longer interval"
             )
         return self
 
@@ -609,7 +609,9 @@ class ElasticsearchSinkConfig(Section):
     @model_validator(mode="after")
     def _per_tenant_needs_data_streams(self) -> ElasticsearchSinkConfig:
         if self.per_tenant and self.index:
-            raise ValueError("audit.elasticsearch.per_tenant needs data streams: leave audit.elasticsearch.index empty")
+            raise ValueError(
+                "audit.elasticsearch.per_tenant needs data streams; expected audit.elasticsearch.index left empty"
+            )
         return self
 
 
@@ -964,10 +966,14 @@ class AuthConfig(Section):
             # RFC 7518 §3.2: an HMAC key at least as long as the hash; shorter ones can be brute-forced.
             raise ValueError("expected auth.jwt.secret of at least 32 bytes (RFC 7518 §3.2); it is shorter")
         if self.jwt.secret and not hmac_algorithms:
-            raise ValueError("auth.jwt.secret is set but auth.jwt.algorithms names no HS* algorithm to use it with")
+            raise ValueError(
+                "auth.jwt.secret is set but auth.jwt.algorithms names no HS* algorithm to use it with; "
+                "expected HS256, HS384 or HS512 among them"
+            )
         if (self.jwt.public_key_file or self.jwt.jwks_file) and not key_algorithms:
             raise ValueError(
-                "auth.jwt.public_key_file or jwks_file is set but auth.jwt.algorithms names only HS* algorithms"
+                "auth.jwt.public_key_file or jwks_file is set but auth.jwt.algorithms names only HS* algorithms; "
+                "expected an RS*, PS*, ES* or EdDSA algorithm among them"
             )
         if self.upstream_authorization == "replace" and not self.upstream_token:
             raise ValueError("expected auth.upstream_token when auth.upstream_authorization is replace")
@@ -1009,8 +1015,8 @@ class LimitsConfig(Section):
     @model_validator(mode="after")
     def _default_tier_exists(self) -> LimitsConfig:
         if self.default_tier and self.default_tier not in self.tiers:
-            known = ", ".join(sorted(self.tiers)) or "none configured"
-            raise ValueError(f"limits.default_tier {self.default_tier!r} is not a tier in limits.tiers ({known})")
+            known = f"one of: {', '.join(sorted(self.tiers))}" if self.tiers else "a tier defined there (none is)"
+            raise ValueError(f"limits.default_tier {self.default_tier!r} is not a tier in limits.tiers; expected {known}")
         return self
 
 
@@ -1033,8 +1039,13 @@ class AdminTlsConfig(Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("expected both admin.tls.cert_file and admin.tls.key_file, or neither")
         if self.client_ca_file is not None and self.cert_file is None:
-            raise ValueError("admin.tls.client_ca_file (mTLS) needs admin.tls.cert_file and key_file")
+            raise ValueError("admin.tls.client_ca_file (mTLS) is set; expected admin.tls.cert_file and key_file with it")
         return self
+
+
+_MIN_ADMIN_TOKEN = 16
+"""Characters. Even as hex digits that is 64 bits, more guesses than a network carries;
+`openssl rand -hex 32` gives 256."""
 
 
 class AdminConfig(Section):
@@ -1044,8 +1055,9 @@ class AdminConfig(Section):
     """/metrics, /-/healthy, /-/ready, the status page and the effective config. Loopback by default;
     any other address needs `token` or mutual TLS, or the sidecar refuses to start."""
     token: Secret = ""
-    """Bearer token every admin request must carry (`Authorization: Bearer TOKEN`), except `open_paths`.
-    Prefer the environment (SIDECAR_ADMIN__TOKEN)."""
+    """Bearer token every admin request must carry (`Authorization: Bearer TOKEN`), except `open_paths`:
+    at least 16 characters, no spaces or line breaks (`openssl rand -hex 32`). Prefer the environment
+    (SIDECAR_ADMIN__TOKEN)."""
     open_paths: list[UrlPath] = ["/-/healthy", "/-/ready"]
     """Admin paths served without the token, for probes that cannot send one; add /metrics to let
     Prometheus scrape without it."""
@@ -1058,11 +1070,20 @@ class AdminConfig(Section):
 
     @model_validator(mode="after")
     def _closed_off_loopback(self) -> AdminConfig:
+        # Checked here, not on the field: a field's problem shows the value, and this one is a secret.
+        if self.token:
+            blanks = sum(c.isspace() or not c.isprintable() for c in self.token)
+            if len(self.token) < _MIN_ADMIN_TOKEN or blanks:
+                raise ValueError(
+                    f"expected admin.token of at least {_MIN_ADMIN_TOKEN} characters with no spaces or line breaks "
+                    f"(e.g. `openssl rand -hex 32`); it has {len(self.token)} characters"
+                    + (f", {blanks} of them spaces, line breaks or control characters" if blanks else "")
+                )
         if not self.listen.is_loopback and not self.protected:
             raise ValueError(
                 f"admin.listen {self.listen} is not a loopback address, so the admin port (metrics, config, "
-                "alerts) would be open to the network: set admin.token (or SIDECAR_ADMIN__TOKEN), or "
-                "admin.tls.client_ca_file for mutual TLS, or listen on 127.0.0.1"
+                "alerts) would be open to the network; expected a loopback address such as 127.0.0.1, or "
+                "admin.token (or SIDECAR_ADMIN__TOKEN), or admin.tls.client_ca_file for mutual TLS"
             )
         return self
 
@@ -1397,10 +1418,12 @@ def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
     message = _PLAIN_EXPECTATIONS.get(error["type"]) or str(error["msg"])
     message = re.sub(r"^(Value error|Assertion failed), ", "", message)
     message = re.sub(r"^Input should be ", "expected ", message)
-    if not message.startswith("expected"):
+    value = error.get("input")
+    # A value's problem is what it should be ("a duration such as 5s"): "expected" goes in front.
+    # A rule across a section's keys is a sentence that says what it expected where it fits.
+    if not re.search(r"\bexpected\b", message):
         lower_first = message[1:2].islower()
         message = f"expected {message[:1].lower() if lower_first else message[:1]}{message[1:]}"
-    value = error.get("input")
     got = "" if isinstance(value, dict) else f"got {value!r}; "
     return f"{origin}: {where}: {got}{message}"
 

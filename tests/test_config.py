@@ -201,3 +201,29 @@ def test_an_empty_path_means_unset_not_the_current_directory(tmp_path):
     assert config.audit.checkpoint.signing_key_file is None
     assert config.auth.api_keys.file is None
     assert config.rules.state_file is None
+
+
+@pytest.mark.parametrize("token", [" ", "pw123", "0123456789abcde", " " * 20, "0123456789abcdef\n", "0123 4567 89ab cdef"])
+def test_a_short_or_blank_admin_token_is_refused_without_showing_it(token):
+    (found,) = problems(None, env={"SIDECAR_ADMIN__TOKEN": token})
+    assert found.startswith("environment variable SIDECAR_ADMIN__TOKEN: admin: expected admin.token of at least 16 characters")
+    assert "no spaces or line breaks" in found
+    if token.strip():
+        assert token.strip() not in found
+
+
+def test_an_admin_token_of_16_characters_is_enough():
+    assert load_config(None, env={"SIDECAR_ADMIN__TOKEN": "0123456789abcdef"}).admin.token == "0123456789abcdef"
+    assert load_config(None, env={"SIDECAR_ADMIN__TOKEN": ""}).admin.token == ""  # unset: loopback only
+
+
+def test_a_section_level_problem_reads_as_written(tmp_path):
+    (health, tier) = problems(write(tmp_path, "upstream:\n  health:\n    interval: 1s\n    timeout: 5s\n"
+                                              "limits:\n  default_tier: gold\n"), env={})  # fmt: skip
+    assert health.endswith("upstream.health: health.timeout (5s) must not exceed health.interval (1s); "
+                           "expected a shorter timeout or a longer interval")  # fmt: skip
+    assert tier.endswith("limits: limits.default_tier 'gold' is not a tier in limits.tiers; "
+                         "expected a tier defined there (none is)")  # fmt: skip
+    (tier,) = problems(None, env={"SIDECAR_LIMITS__DEFAULT_TIER": "gold",
+                                  "SIDECAR_LIMITS__TIERS": "{free: {requests: 1/s}, paid: {requests: 9/s}}"})  # fmt: skip
+    assert tier.endswith("limits.default_tier 'gold' is not a tier in limits.tiers; expected one of: free, paid")

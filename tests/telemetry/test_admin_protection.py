@@ -110,8 +110,8 @@ def test_a_non_loopback_admin_without_protection_is_a_config_error(listen: str) 
     with pytest.raises(ConfigError) as caught:
         load_config(None, env={}, flags={("admin", "listen"): listen})
     (problem,) = caught.value.problems
-    assert f"admin.listen {listen} is not a loopback address" in problem
-    assert "admin.token" in problem and "SIDECAR_ADMIN__TOKEN" in problem
+    assert problem.startswith(f"flag --admin-listen: admin: admin.listen {listen} is not a loopback address, ")
+    assert "; expected a loopback address such as 127.0.0.1, or admin.token (or SIDECAR_ADMIN__TOKEN)" in problem
     load_config(None, env={"SIDECAR_ADMIN__TOKEN": TOKEN}, flags={("admin", "listen"): listen})
 
 
@@ -121,8 +121,19 @@ def test_the_process_refuses_to_start_with_an_open_admin_port(tmp_path: Path) ->
         capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )  # fmt: skip
     assert result.returncode == 2
-    assert "admin.listen 0.0.0.0:0 is not a loopback address" in result.stderr
-    assert "set admin.token" in result.stderr
+    assert "admin: admin.listen 0.0.0.0:0 is not a loopback address" in result.stderr
+    assert "expected a loopback address such as 127.0.0.1, or admin.token" in result.stderr
+
+
+def test_the_process_refuses_to_start_with_a_short_admin_token(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--admin-listen", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SIDECAR_ADMIN__TOKEN": "hunter2"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "expected admin.token of at least 16 characters" in result.stderr and "it has 7 characters" in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
