@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import logging
 import mmap
 import os
 import re
@@ -73,6 +74,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -723,6 +726,20 @@ class Spool:
         renumbered_from: dict[int, int] = {}
         for base, path in found:
             segment, bad_files, bad_bytes, first_renumbered = self._recover_segment(base, path)
+            if bad_files:
+                # The records those bytes held are lost to the trail (the chain shows the gap).
+                logger.warning(
+                    "audit spool recovery moved %d corrupt bytes of segment %s to quarantine",
+                    bad_bytes,
+                    path.name,
+                    extra={
+                        "segment": str(path),
+                        "quarantined_bytes": bad_bytes,
+                        "regions": len(bad_files),
+                        "kept_records": segment.count,
+                        "quarantine": str(self._directory / _QUARANTINE_DIR),
+                    },
+                )
             quarantined.extend(bad_files)
             removed += bad_bytes
             log_end = max(log_end or 0, segment.end)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -257,6 +258,32 @@ def test_torn_tail_is_quarantined(tmp_path: Path) -> None:
     assert read_all(spool) == [(n, payload(n)) for n in range(4)]
     assert spool.append([b"after"]) == 4
     spool.close()
+
+
+def test_recovery_logs_what_it_quarantined_at_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = opened(tmp_path)
+    spool.append([payload(n) for n in range(5)])
+    spool.close()
+    segment = tmp_path / f"{0:020d}.seg"
+    size = segment.stat().st_size
+    os.truncate(segment, size - 7)
+    torn = size - 7 - (size - len(framed(payload(4))))
+
+    recovered = Spool(tmp_path)
+    with caplog.at_level(logging.INFO, logger="sidecar.audit.spool"):
+        report = recovered.open()
+    recovered.close()
+    [record] = [record for record in caplog.records if record.name == "sidecar.audit.spool"]
+    assert record.levelno == logging.WARNING
+    assert segment.name in record.getMessage() and str(torn) in record.getMessage()
+    assert record.segment == str(segment)  # type: ignore[attr-defined]
+    assert record.quarantined_bytes == torn == report.truncated_bytes  # type: ignore[attr-defined]
+    assert record.regions == 1 and record.kept_records == 4  # type: ignore[attr-defined]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sidecar.audit.spool"):
+        opened(tmp_path).close()
+    assert not caplog.records, "a clean recovery says nothing"
 
 
 def test_garbage_after_the_last_record_is_quarantined(tmp_path: Path) -> None:
