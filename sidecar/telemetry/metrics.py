@@ -306,7 +306,9 @@ class LiveGauges(Collector):
         )
         yield CounterMetricFamily(
             "sidecar_trace_context_invalid",
-            "Requests whose traceparent header was malformed; each started a new trace.",
+            "Requests with an invalid traceparent (malformed, oversized, or in more than one header line): "
+            "with spans exported each started a new trace, without the caller's tracestate; without an "
+            "exporter the trace headers were forwarded unchanged and no trace id was recorded.",
             value=self._invalid_trace_headers(),
         )
         yield CounterMetricFamily(

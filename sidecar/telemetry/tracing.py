@@ -1,11 +1,13 @@
 """Trace propagation and one SERVER span per request, with OpenTelemetry's SDK.
 
 The incoming W3C `traceparent`/`tracestate` and `baggage` are extracted with
-the SDK's propagators; a malformed or oversized header is ignored (a new trace
-starts) and counted, never answered with an error. The upstream request
-carries a `traceparent` whose parent is the sidecar's SERVER span, and the
-client's `baggage` header byte for byte: re-serialising it with the SDK would
-turn `%20` into `+` (opentelemetry-python#5566, form encoding where W3C Baggage
+the SDK's propagators; a malformed or oversized header, or a `traceparent`
+sent in more than one line, is ignored (a new trace starts) and counted, never
+answered with an error. The upstream request carries a `traceparent` whose
+parent is the sidecar's SERVER span, the caller's `tracestate` (as it came
+where the SDK's TraceState cannot hold a valid one: see
+sidecar.telemetry.tracestate), and the client's `baggage` header byte for
+byte: re-serialising it with the SDK would turn `%20` into `+` (opentelemetry-python#5566, form encoding where W3C Baggage
 requires percent encoding), changing values for any compliant reader. There is no separate CLIENT span for the upstream call: it would
 double the spans exported per request while adding little, since the model
 server's own spans nest under the sidecar's span and the Exchange already
@@ -50,6 +52,7 @@ from sidecar import __version__
 from sidecar.config import TracingConfig
 from sidecar.exchange import Exchange, Outcome, well_formed
 from sidecar.telemetry.semconv import KNOWN_METHODS, method_label, provider_name
+from sidecar.telemetry.tracestate import is_valid_tracestate
 
 # Written by the sidecar on upstream requests; the client's copies are not forwarded.
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
@@ -90,17 +93,22 @@ class _HeaderLines(Getter[CIMultiDictProxy[str]]):
 
     OpenTelemetry's default getter returns only the first line, but W3C Trace
     Context and Baggage say several `tracestate` or `baggage` lines form one
-    list (RFC 9110 §5.3). Bytes that are not UTF-8 reach Python as lone
-    surrogates, which the baggage propagator cannot encode: they are replaced.
+    list (RFC 9110 §5.3), and a `traceparent` sent in several lines is invalid
+    (the trace restarts) where the default getter would continue the first.
+    Bytes that are not UTF-8 reach Python as lone surrogates, which the
+    baggage propagator cannot encode: they are replaced.
     """
 
     def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
         values = carrier.getall(key, None)
         if values is None:
             return None
-        texts = [well_formed(value) or "" for value in values]
+        if len(values) == 1:
+            return [well_formed(values[0]) or ""]
+        if key not in _LIST_HEADERS:
+            return None  # absent to the propagator; Tracing.start counts it as invalid
         # The propagators read only the first element: lists are handed over joined.
-        return [",".join(texts)] if len(texts) > 1 and key in _LIST_HEADERS else texts
+        return [",".join(well_formed(value) or "" for value in values)]
 
     def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
         return list(carrier.keys())
@@ -108,6 +116,23 @@ class _HeaderLines(Getter[CIMultiDictProxy[str]]):
 
 _LIST_HEADERS = frozenset({"tracestate", "baggage"})
 _ALL_HEADER_LINES = _HeaderLines()
+
+
+def _unheld_tracestate(headers: CIMultiDictProxy[str], parent: Context) -> str | None:
+    """The caller's tracestate lines, joined, where they are valid but the continued context has none.
+
+    A proxy must forward the caller's tracestate; OpenTelemetry's TraceState
+    empties it for a repeated key or a key of the Level 2 grammar it does not
+    know (see sidecar.telemetry.tracestate). Only a continued (valid) parent
+    carries a tracestate: W3C discards it with an invalid or absent traceparent.
+    """
+    if "tracestate" not in headers:
+        return None
+    context = trace.get_current_span(parent).get_span_context()
+    if not context.is_valid or context.trace_state:
+        return None
+    lines = _ALL_HEADER_LINES.get(headers, "tracestate")  # one: the lines joined
+    return lines[0] if lines and is_valid_tracestate(lines[0]) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +147,8 @@ class ServerSpan:
     parent: Context
     start_ns: int
     own: bool = True
+    # The caller's tracestate as it came, where OpenTelemetry's TraceState could not hold it.
+    caller_tracestate: str | None = None
 
     def ids(self) -> tuple[str | None, str | None, bool]:
         """(trace id, the sidecar's span id, sampled), as lower-case hex."""
@@ -208,7 +235,8 @@ class Tracing:
         known = method in KNOWN_METHODS
         name = f"{method} {route}" if route and known else (method if known else "HTTP")
         span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=start_ns)
-        return ServerSpan(span, parent, start_ns)  # type: ignore[arg-type]
+        tracestate = _unheld_tracestate(headers, parent)
+        return ServerSpan(span, parent, start_ns, caller_tracestate=tracestate)  # type: ignore[arg-type]
 
     def inject(self, server_span: ServerSpan, headers: CIMultiDict[str]) -> None:
         """Write `traceparent` (parent: the server span) and `tracestate` into upstream headers."""
@@ -216,6 +244,8 @@ class Tracing:
             return  # the caller's headers were forwarded as they came
         context = trace.set_span_in_context(server_span.span, server_span.parent)
         self._trace_context.inject(headers, context=context)
+        if server_span.caller_tracestate is not None:
+            headers["tracestate"] = server_span.caller_tracestate  # the SDK wrote none: its TraceState is empty
 
     def finish(self, server_span: ServerSpan, exchange: Exchange) -> None:
         """Describe the exchange on the span and end it when the exchange ended."""

@@ -29,9 +29,11 @@ _EXPORT_THREADS = ("OtelBatchSpanRecordProcessor", "span-export-shutdown")
 def no_span_export_outlives_the_test() -> Iterator[None]:
     """Torn down after every other fixture: by then each sidecar has stopped, and an exporter still
     running would go on retrying into a closed port, and logging, after the test (and the run)."""
+    # Only the test's own: an exporter another module keeps for the whole run is not this test's.
+    before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5  # a bound for a thread that is ending anyway; a live one fails
-    left = [thread for thread in threading.enumerate() if thread.name in _EXPORT_THREADS]
+    left = [thread for thread in threading.enumerate() if thread.name in _EXPORT_THREADS and thread not in before]
     for thread in left:
         thread.join(max(0.0, deadline - time.monotonic()))
     assert [thread.name for thread in left if thread.is_alive()] == []
