@@ -361,7 +361,8 @@ class Sidecar:
         if audit is not None:
             spool, sink, stats = audit.spool, audit.sink, audit.stats
             engine.add_reading("audit_spool_fill_ratio", lambda: spool.used_bytes / spool.max_bytes if spool.max_bytes else None)
-            engine.add_reading("audit_sink_up", lambda: 1.0 if sink.up else 0.0)
+            engine.add_reading("audit_sink_up", lambda: 1.0 if audit.sink_up else 0.0)
+            engine.add_reading("audit_delivery_lag_seconds", lambda: audit.delivery_lag)
             engine.add_counter("audit_events_dropped", lambda: float(sum(stats.dropped.values())))
             engine.add_counter("audit_dead_letters", lambda: float(sink.dead_lettered))
         self.registry.register(RulesCollector(engine))
@@ -884,7 +885,7 @@ def _audit_reading(audit: AuditPipeline) -> AuditReading:
     levels = spool.levels  # used bytes and lag from the same moment
     return AuditReading(
         sink=sink.name,
-        sink_up=sink.up,
+        sink_up=audit.sink_up,
         accepted=float(stats.accepted),
         dropped=float(sum(stats.dropped.values())),
         dead_letters=float(sink.dead_lettered),

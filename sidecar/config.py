@@ -675,6 +675,12 @@ class AuditConfig(Section):
     `spool.fsync: always`): no client sees a complete answer without a durable record."""
     queue_size: int = Field(100_000, ge=100)
     """Events waiting for the spool writer; past it, `spool.when_full` applies."""
+    sink_down_after: PositiveDuration = 60.0
+    """The sink counts as down (sidecar_audit_sink_up 0) once records have waited this long with
+    none stored or dead-lettered in that time, whatever the sink answers (refusals, 429s, 5xx)."""
+    sink_down_fails_ready: bool = False
+    """Fail `/-/ready`'s audit check while the sink is down. Off: the spool keeps the records, and
+    one Elasticsearch behind every replica would take all of them out of rotation at once."""
     spool: AuditSpoolConfig = AuditSpoolConfig()
     elasticsearch: ElasticsearchSinkConfig = ElasticsearchSinkConfig()
     file: AuditFileSinkConfig = AuditFileSinkConfig()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.audit.chain import HmacKey, Signer, create_ed25519_key, load_ed25519_signer
@@ -87,13 +89,16 @@ def build_redactor(redaction: RedactionConfig, directory: Path) -> Redactor:
         raise AuditSetupError(f"audit.redaction: {exc}") from None
 
 
-def build_sink(audit: AuditConfig, directory: Path) -> Sink:
+def build_sink(audit: AuditConfig, directory: Path, clock: Callable[[], float] = time.time) -> Sink:
     if audit.elasticsearch.url:
-        return ElasticSink(audit.elasticsearch, DeadLetters(directory / "dead-letter.jsonl"))
-    return FileSink(audit.file.directory or directory / "events", int(audit.file.max_file_size))
+        return ElasticSink(audit.elasticsearch, DeadLetters(directory / "dead-letter.jsonl"), clock=clock)
+    return FileSink(audit.file.directory or directory / "events", int(audit.file.max_file_size), clock=clock)
 
 
-def build_pipeline(config: Config, identity: AuditIdentity, redactor: Redactor) -> AuditPipeline:
+def build_pipeline(
+    config: Config, identity: AuditIdentity, redactor: Redactor, *, clock: Callable[[], float] = time.time
+) -> AuditPipeline:
+    """The pipeline `config` describes; `clock` (Unix time) stamps records and judges the sink's health."""
     audit = config.audit
     directory = audit_directory(config)
     spool = Spool(
@@ -113,12 +118,15 @@ def build_pipeline(config: Config, identity: AuditIdentity, redactor: Redactor) 
         fail_closed_headroom=max(int(audit.spool.max_size) // 10, 1 << 20),
         # Files are written in order, one batch at a time.
         max_in_flight=audit.elasticsearch.max_in_flight if audit.elasticsearch.url else 1,
+        sink_down_after=audit.sink_down_after,
+        sink_down_fails_ready=audit.sink_down_fails_ready,
     )
     return AuditPipeline(
         settings,
         spool=spool,
-        sink=build_sink(audit, directory),
+        sink=build_sink(audit, directory, clock),
         identity=identity,
         redactor=redactor,
         signer=checkpoint_signer(audit.checkpoint, directory),
+        clock=clock,
     )

@@ -107,6 +107,7 @@ class ElasticSink:
         *,
         client: AsyncElasticsearch | None = None,
         initial_backoff: float = 0.2,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.target = config.target
@@ -114,17 +115,16 @@ class ElasticSink:
         self.dead_letters = dead_letters
         self._client = client or create_client(config)
         self._initial_backoff = initial_backoff
-        self._up = False
+        self._clock = clock
+        self._reached = False
+        """The last attempt got an answer; only for saying once when Elasticsearch becomes unreachable."""
         self._last_warning = -_WARN_EVERY_S
         # The transport warns on every failed attempt; the sink reports outages itself, once a minute.
         logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)
         self.stored = 0
         self.duplicates = 0
         self.retries = {"rejected": 0, "server_error": 0, "connection": 0}
-
-    @property
-    def up(self) -> bool:
-        return self._up
+        self.last_delivery = 0.0
 
     @property
     def dead_lettered(self) -> int:
@@ -177,31 +177,33 @@ class ElasticSink:
                 raise_on_exception=False,
                 max_retries=0,
             ):
+                self._reached = True
                 result = next(iter(item.values()))
                 doc_id = str(result.get("_id"))
                 answered.add(doc_id)
                 status = result.get("status")
                 if ok or status == 409:
-                    self._up = True
                     self.stored += 1
                     self.duplicates += status == 409
                 elif isinstance(status, int) and 400 <= status < 500 and status != 429:
-                    self._up = True
                     dead.append((pending[doc_id], status, result.get("error")))
                 else:
                     self.retries["rejected" if status == 429 else "server_error"] += 1
                     retry.append(doc_id)
         except (TransportError, ApiError, OSError) as exc:
-            was_up, self._up = self._up, False
+            was_reached, self._reached = self._reached, False
             self.retries["connection"] += 1
             now = time.monotonic()
-            if was_up or now - self._last_warning >= _WARN_EVERY_S:
+            if was_reached or now - self._last_warning >= _WARN_EVERY_S:
                 self._last_warning = now
                 logger.warning(
                     "Elasticsearch unreachable; audit documents stay in the spool",
                     extra={"error": f"{exc.__class__.__name__}: {exc}", "pending": len(pending)},
                 )
         retry.extend(doc_id for doc_id in pending if doc_id not in answered and doc_id not in retry)
+        if len(retry) < len(pending):
+            # Stored, already held or dead-lettered: each has left for good, which is what health means.
+            self.last_delivery = self._clock()
         return retry, dead
 
 

@@ -2,7 +2,7 @@
 
 Names follow Vector's and the OpenTelemetry Collector's habits: events in,
 events out by result, what is buffered and how much room is left, retries,
-drops by reason, and whether the sink is reachable.
+drops by reason, and whether the sink is delivering (not merely answering).
 """
 
 from __future__ import annotations
@@ -55,9 +55,16 @@ class AuditCollector(Collector):
         yield retries
         yield GaugeMetricFamily(
             "sidecar_audit_sink_up",
-            "1 when the last delivery attempt reached the sink.",
-            value=1 if sink.up else 0,
-            labels=None,
+            "0 once audit records have waited audit.sink_down_after with none stored or dead-lettered "
+            "in that time, whatever the sink answers; 1 otherwise.",
+            value=1 if pipeline.sink_up else 0,
+        )
+        oldest = pipeline.oldest_undelivered
+        yield GaugeMetricFamily(
+            "sidecar_audit_oldest_undelivered_timestamp_seconds",
+            "When the oldest audit record not yet delivered was written (Unix time); the current time "
+            "when none waits, so that time() - this is the delivery lag.",
+            value=oldest if oldest is not None else pipeline.clock(),
         )
         levels = spool.levels  # every spool gauge from the same moment
         yield GaugeMetricFamily(
@@ -83,8 +90,8 @@ class AuditCollector(Collector):
         yield policy
         yield GaugeMetricFamily(
             "sidecar_audit_last_delivery_timestamp_seconds",
-            "When a batch last reached the sink (Unix time; 0: never).",
-            value=stats.last_delivery,
+            "When the sink last stored or dead-lettered an audit record (Unix time; 0: not since start).",
+            value=sink.last_delivery,
         )
         yield CounterMetricFamily(
             "sidecar_audit_checkpoints", "Signed chain checkpoints written.", value=stats.checkpoints

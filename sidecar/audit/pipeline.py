@@ -11,6 +11,10 @@ Three places run it, so that the request path only appends to a queue:
   threads or async): reads from the spool's committed offset, hands a batch
   to the sink, and commits once the sink has stored or dead-lettered all of it.
 
+The sink counts as down when records wait and none leave (`SinkHealth`), however
+the sink answers; a small task on the event loop logs each change and puts the
+recovery on record (`audit-sink-recovered`).
+
 When the spool is full the configured policy decides: `fail_open` drops new
 events (counted, and written into the chain as an `audit-events-dropped`
 notice once there is room, so the loss itself is on record); `fail_closed`
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import json
 import logging
 import threading
@@ -36,10 +41,12 @@ from typing import Any
 
 from sidecar.audit.chain import Chain, ChainHead, Signer, canonical_json, checkpoint_fields, head_of, new_chain
 from sidecar.audit.events import AuditIdentity, exchange_document, get_path, iso_time, lifecycle_document, set_path
+from sidecar.audit.health import Change, SinkHealth
 from sidecar.audit.redact import Redactor
 from sidecar.audit.schema import redacted_fields
 from sidecar.audit.sinks import Sink
 from sidecar.audit.spool import Spool, SpoolFull
+from sidecar.config import format_duration
 from sidecar.exchange import Exchange
 
 logger = logging.getLogger(__name__)
@@ -80,7 +87,6 @@ class AuditStats:
     accepted: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"spool_full": 0, "queue_full": 0, "encode_error": 0})
     checkpoints: int = 0
-    last_delivery: float = 0.0
     quarantined_bytes: int = 0
 
 
@@ -97,6 +103,10 @@ class PipelineSettings:
     """Bytes past the spool limit still written under fail_closed, for requests already in flight."""
     max_in_flight: int = 1
     """Batches out to the sink at once; committed in spool order whatever order they land in."""
+    sink_down_after: float = 60.0
+    """The sink is down once records have waited this long with none delivered in that time."""
+    sink_down_fails_ready: bool = False
+    """While the sink is down, `not_ready_reason()` says so (otherwise only a full spool does)."""
 
 
 class AuditPipeline:
@@ -147,6 +157,10 @@ class AuditPipeline:
         """The spool offset delivery reads next: past the committed one while batches are out."""
         self._delivery: asyncio.Task[None] | None = None
         self._stop_delivery = False
+        self._oldest: tuple[int, float] | None = None
+        """(offset, when written) of the oldest record delivery has read and not yet committed."""
+        self.health = SinkHealth(settings.sink_down_after, started=clock())
+        self._sink_watch: asyncio.Task[None] | None = None
 
     # --- the request path ------------------------------------------------------
 
@@ -202,7 +216,39 @@ class AuditPipeline:
     def not_ready_reason(self) -> str | None:
         if self.spool_full:
             return f"audit spool full ({self.settings.when_full})"
+        if self.settings.sink_down_fails_ready and not self.sink_up:
+            return (
+                f"audit sink {self.sink.name} has delivered nothing for over "
+                f"{format_duration(self.settings.sink_down_after)} while records wait (audit.sink_down_fails_ready)"
+            )
         return None
+
+    @property
+    def oldest_undelivered(self) -> float | None:
+        """When the oldest record still in the spool was written (Unix time); None when none waits."""
+        levels = self.spool.levels
+        if levels.committed_offset >= levels.next_offset:
+            return None
+        # None as well for the moment between an append and delivery reading it (batch_age at most).
+        return self._oldest[1] if self._oldest is not None else None
+
+    @property
+    def delivery_lag(self) -> float:
+        """Seconds the oldest record still in the spool has waited; 0 when none waits."""
+        oldest = self.oldest_undelivered
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The Unix time the pipeline stamps records with and judges the sink by."""
+        return self._clock
+
+    @property
+    def sink_up(self) -> bool:
+        """Records are being delivered: false once they have waited `sink_down_after` with none delivered."""
+        return self.health.up(
+            self._clock(), oldest_waiting=self.oldest_undelivered, last_delivery=self.sink.last_delivery
+        )
 
     @property
     def queue_length(self) -> int:
@@ -221,6 +267,10 @@ class AuditPipeline:
         self.stats.quarantined_bytes = sum(path.stat().st_size for path in report.quarantined)
         head = await asyncio.to_thread(self._resume_head)
         self._chain = Chain(head)
+        # Records left from before the start have waited since they were written, not since now.
+        backlog = await asyncio.to_thread(self.spool.read, self.spool.committed_offset, 1, 1)
+        if backlog:
+            self._oldest = self._written(backlog[0])
         await self.sink.start()
         # The first checkpoint vouches for the chain as found on disk, before anything new.
         self._queue.appendleft(self._checkpoint_fact(final=False))
@@ -242,9 +292,14 @@ class AuditPipeline:
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
         self._delivery = asyncio.create_task(self._deliver_loop(), name="audit-delivery")
+        self._sink_watch = asyncio.create_task(self._watch_sink(), name="audit-sink-health")
 
     async def stop(self, stop_fact: Lifecycle | None = None, deliver_timeout: float = 5.0) -> None:
         """Write everything queued plus a final checkpoint, then deliver for up to `deliver_timeout`."""
+        if self._sink_watch is not None:
+            self._sink_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sink_watch
         if stop_fact is not None:
             self._enqueue(stop_fact)
         self._stopping = True
@@ -477,14 +532,15 @@ class AuditPipeline:
         # a restart resends at most the batches that were out (Elasticsearch answers each resent
         # document with 409, counted as stored).
         spool, settings = self.spool, self.settings
-        flights: collections.deque[tuple[int, asyncio.Task[None]]] = collections.deque()
+        # (last offset, (first offset, when written), task) per batch out, oldest first.
+        flights: collections.deque[tuple[int, tuple[int, float], asyncio.Task[None]]] = collections.deque()
         landed: int | None = None  # the newest offset delivered in order and not yet committed
         partial_since: float | None = None
         read_failure: str | None = None
         self._read_from = spool.committed_offset
         try:
             while not self._stop_delivery:
-                while flights and flights[0][1].done():
+                while flights and flights[0][2].done():
                     landed = flights.popleft()[0]
                 if landed is not None:
                     try:
@@ -496,9 +552,11 @@ class AuditPipeline:
                         await asyncio.sleep(1.0)
                         continue
                     landed = None
-                    self.stats.last_delivery = self._clock()
+                    # The oldest record waiting is the first of the oldest batch still out, or the
+                    # next one read.
+                    self._oldest = flights[0][1] if flights else None
                 if len(flights) >= settings.max_in_flight:
-                    await asyncio.wait({flights[0][1]})
+                    await asyncio.wait({flights[0][2]})
                     continue
                 # Clear and say so before reading: an append from here on wakes the wait below.
                 self._appended.clear()
@@ -515,6 +573,8 @@ class AuditPipeline:
                     await asyncio.sleep(1.0)
                     continue
                 read_failure = None
+                if not flights:
+                    self._oldest = self._written(records[0]) if records else None
                 now = time.monotonic()
                 if records and len(records) < settings.batch_size and not self._stopping:
                     partial_since = now if partial_since is None else partial_since
@@ -525,7 +585,8 @@ class AuditPipeline:
                     self._delivery_waiting = False
                     partial_since = None
                     last = records[-1][0]
-                    flights.append((last, asyncio.create_task(self._deliver_batch(records), name="audit-batch")))
+                    task = asyncio.create_task(self._deliver_batch(records), name="audit-batch")
+                    flights.append((last, self._written(records[0]), task))
                     self._read_from = last + 1
                     continue
                 # Wait for a full batch, the oldest batch out to land, or the partial batch's age.
@@ -533,7 +594,7 @@ class AuditPipeline:
                 appended = asyncio.ensure_future(self._appended.wait())
                 try:
                     await asyncio.wait(
-                        {appended, flights[0][1]} if flights else {appended},
+                        {appended, flights[0][2]} if flights else {appended},
                         timeout=max(0.0, timeout),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
@@ -542,10 +603,63 @@ class AuditPipeline:
                     self._delivery_waiting = False
         finally:
             # Batches still out stay in the spool, uncommitted, for the next start.
-            out = [task for _, task in flights]
+            out = [task for _, _, task in flights]
             for task in out:
                 task.cancel()
             await asyncio.gather(*out, return_exceptions=True)
+
+    def _written(self, record: tuple[int, bytes]) -> tuple[int, float]:
+        """(offset, when written) of a spooled record; its event.created, parsed once per offset."""
+        offset, payload = record
+        known = self._oldest
+        if known is not None and known[0] == offset:
+            return known
+        return offset, _created_at(payload) or self._clock()
+
+    async def _watch_sink(self) -> None:
+        # Readers judge the sink when they read it (`sink_up`); this turns the judgement's
+        # changes into a log line and, on recovery, a record, whether anyone reads or not.
+        tick = min(1.0, self.settings.sink_down_after / 10)
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self._check_sink()
+            except Exception:
+                logger.exception("judging the audit sink's health failed", extra={"sink": self.sink.name})
+
+    def _check_sink(self) -> None:
+        sink, health = self.sink, self.health
+        change = health.update(self._clock(), oldest_waiting=self.oldest_undelivered, last_delivery=sink.last_delivery)
+        stall = health.stall
+        if change is None or stall is None:
+            return
+        if change is Change.DOWN:
+            logger.warning(
+                "audit records are not being delivered: %s has taken none for %s; they wait in the spool",
+                sink.name,
+                format_duration(health.down_after),
+                extra={
+                    "sink": sink.name,
+                    "stalled_since": iso_time(stall.since),
+                    "waiting": self.spool.pending_records,
+                    "retries": dict(sink.retries),
+                },
+            )
+            return
+        until = stall.until or self._clock()
+        stalled = until - stall.since
+        message = f"audit records reach {sink.name} again after {format_duration(stalled)} without delivery"
+        logger.info(message, extra={"sink": sink.name, "stalled_since": iso_time(stall.since)})
+        self.record(
+            Lifecycle(
+                action="audit-sink-recovered",
+                category=("process",),
+                types=("change",),
+                message=message,
+                at=until,
+                sidecar={"audit": {"sink": sink.name, "stalled_seconds": round(stalled, 3)}},
+            )
+        )
 
     async def _deliver_batch(self, records: list[tuple[int, bytes]]) -> None:
         """Hand one batch to the sink until it takes it (the sink retries what it can itself)."""
@@ -556,6 +670,15 @@ class AuditPipeline:
             except Exception:
                 logger.exception("audit delivery failed", extra={"sink": self.sink.name})
                 await asyncio.sleep(1.0)
+
+
+def _created_at(record: bytes) -> float | None:
+    """A spooled document's event.created as Unix time; None if it has none."""
+    try:
+        created = json.loads(record)["event"]["created"]
+        return datetime.datetime.fromisoformat(created).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

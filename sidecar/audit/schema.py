@@ -49,8 +49,8 @@ FIELDS: tuple[AuditField, ...] = (
         "event.action",
         _KEYWORD,
         "`http-request`, `model-call`, `sidecar-start` (with the config's digest), `sidecar-stop`, `config-reload`, "
-        "`audit-checkpoint`, `audit-events-dropped`, `audit-spool-recovered`, `gpu-xid`, `gpu-lost`, "
-        "`gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`, "
+        "`audit-checkpoint`, `audit-events-dropped`, `audit-spool-recovered`, `audit-sink-recovered`, `gpu-xid`, "
+        "`gpu-lost`, `gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`, "
         "`alert-firing`, `alert-resolved`.",
     ),
     AuditField("event.outcome", _KEYWORD, "`success`, `failure` (4xx/5xx, timeouts, upstream errors) or `unknown`."),
@@ -155,6 +155,9 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.gpu_event.xid", "long", "XID error code."),
     AuditField("sidecar.audit.dropped_events", "long", "Events dropped (spool full, fail_open) since the last notice."),
     AuditField("sidecar.audit.quarantined_bytes", "long", "Corrupt spool bytes set aside at recovery."),
+    AuditField("sidecar.audit.sink", _KEYWORD, "The sink an `audit-sink-recovered` event is about: `elasticsearch` or `file`."),
+    AuditField("sidecar.audit.stalled_seconds", "double",
+               "How long records waited with none delivered, up to the delivery that ended it (`@timestamp`)."),
 )
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -45,12 +45,12 @@ class Sink(Protocol):
     """Of those, records the destination already held (a retry after a lost answer)."""
     retries: dict[str, int]
     """Failed attempts by reason: rejected (429), server_error (5xx), connection."""
+    last_delivery: float
+    """When the sink last stored or dead-lettered a record (Unix time; 0.0: not since start).
+    The pipeline judges the sink's health by it, not by whether the sink answers."""
 
     @property
     def dead_lettered(self) -> int: ...
-
-    @property
-    def up(self) -> bool: ...
 
     async def start(self) -> None: ...
 
@@ -97,18 +97,15 @@ class FileSink:
     dead_lettered = 0
     duplicates = 0
 
-    def __init__(self, directory: Path, max_file_size: int) -> None:
+    def __init__(self, directory: Path, max_file_size: int, *, clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self.max_file_size = max_file_size
         self.stored = 0
         self.retries = {"rejected": 0, "server_error": 0, "connection": 0}
+        self.last_delivery = 0.0
+        self._clock = clock
         self._file: IO[bytes] | None = None
         self._size = 0
-        self._up = True
-
-    @property
-    def up(self) -> bool:
-        return self._up
 
     async def start(self) -> None:
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
@@ -121,13 +118,12 @@ class FileSink:
             except OSError:
                 # A full or failing disk: the records stay in the spool; try again.
                 logger.exception("writing audit records to %s failed; they stay in the spool", self.directory)
-                self._up = False
                 self.retries["server_error"] += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            self._up = True
             self.stored += len(records)
+            self.last_delivery = self._clock()
             return
 
     def _write(self, records: Sequence[SpooledRecord]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class GatedSink:
         self.duplicates = 0
         self.retries = {"rejected": 0, "server_error": 0, "connection": 0}
         self.dead_lettered = 0
-        self.up = True
+        self.last_delivery = 0.0
         self.opened = False
 
     def open(self) -> None:
@@ -60,6 +61,7 @@ class GatedSink:
         self.gates.append(gate)
         await gate.wait()
         self.stored += len(records)
+        self.last_delivery = time.time()
 
     async def close(self) -> None:
         pass
