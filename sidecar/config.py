@@ -707,11 +707,47 @@ SignalName = Literal[
     "audit_events_dropped",
     "audit_dead_letters",
     "audit_sink_up",
+    "audit_delivery_lag_seconds",
 ]
 """What a rule can watch; `sidecar.rules.signals` says what each one measures and in which unit."""
 
 _ALERT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+_STATUS_PATTERN = re.compile(r"([45])(?:xx|\d\d)")
+_STATUS_EXPECTED = "an HTTP status from 400 to 599 (503) or a class (4xx, 5xx)"
+OUTCOMES = ("completed", "client_closed", "rejected", "upstream_unavailable", "upstream_timeout",
+            "upstream_error", "aborted")  # fmt: skip
+"""How an exchange can end (`sidecar.exchange.Outcome`)."""
+
+
+def parse_status_pattern(value: object) -> str:
+    """An HTTP status (503, "503") or a class ("5xx"), as text."""
+    text = str(value).strip().lower() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not _STATUS_PATTERN.fullmatch(text):
+        raise ValueError(f"expected {_STATUS_EXPECTED}, got {value!r}")
+    return text
+
+
+def parse_outcome(value: object) -> str:
+    if value not in OUTCOMES:
+        raise ValueError(f"expected an outcome: {', '.join(OUTCOMES)}; got {value!r}")
+    return str(value)
+
+
+StatusPattern = Annotated[str, BeforeValidator(parse_status_pattern)]
+OutcomeName = Annotated[str, BeforeValidator(parse_outcome)]
+
+# What an availability SLI counts as bad unless an SLO says otherwise: what the service failed to
+# do, never what a client did wrong (the rules guide, "What counts as bad").
+DEFAULT_BAD_STATUSES = ("5xx",)
+DEFAULT_BAD_OUTCOMES = ("upstream_unavailable", "upstream_timeout", "upstream_error")
+DEFAULT_GOOD_REFUSALS = ("400", "401", "403", "408", "413", "414", "429", "431", "501", "505")
+DEFAULT_GOOD_OUTCOMES = ("client_closed",)
+# The minimum of evidence before a burn-rate or error-ratio alert can fire (the rules guide,
+# "A minimum of evidence").
+DEFAULT_MIN_EVENTS = 20
+DEFAULT_MIN_BAD_EVENTS = 5
 
 
 class AlertRuleConfig(Section):
@@ -729,7 +765,12 @@ class AlertRuleConfig(Section):
     quantile: float | None = Field(None, gt=0, lt=1)
     """For *_quantile signals: 0.5, 0.95, 0.99, ..."""
     error_class: Literal["any", "5xx", "timeout", "upstream_down"] = "any"
-    """For error_ratio: any server-side failure, 5xx answers, upstream timeouts, or upstream unreachable."""
+    """For error_ratio: any failure of the service, 5xx answers, upstream timeouts, or upstream unreachable
+    (never the sidecar's refusals of bad requests, nor clients that went away)."""
+    min_events: int = Field(DEFAULT_MIN_EVENTS, ge=0)
+    """For error_ratio: requests the window must hold before the rule can fire."""
+    min_bad_events: int = Field(DEFAULT_MIN_BAD_EVENTS, ge=0)
+    """For error_ratio: failed requests (of `error_class`) the window must hold before the rule can fire."""
     aggregate: Literal["last", "max", "min", "avg"] = "last"
     """For gauges (GPU, audit spool, upstream): the newest value, or the max/min/mean over `window`."""
     op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
@@ -758,6 +799,10 @@ class AlertRuleConfig(Section):
             raise ValueError(f"expected no quantile in rule {self.name!r}: it applies to *_quantile signals, not {self.signal}")
         if self.error_class != "any" and self.signal != "error_ratio":
             raise ValueError(f"expected no error_class in rule {self.name!r}: it applies to error_ratio, not {self.signal}")
+        # Compared with the defaults, not "was it set": the effective config (every key shown) must load again.
+        for key, default in (("min_events", DEFAULT_MIN_EVENTS), ("min_bad_events", DEFAULT_MIN_BAD_EVENTS)):
+            if getattr(self, key) != default and self.signal != "error_ratio":
+                raise ValueError(f"expected no {key} in rule {self.name!r}: it applies to error_ratio, not {self.signal}")
         for label in (*self.labels, *self.annotations):
             if not re.match(_LABEL_NAME, label):
                 raise ValueError(f"expected label names like [A-Za-z_][A-Za-z0-9_]* in rule {self.name!r}, got {label!r}")
@@ -772,7 +817,8 @@ class SloConfig(Section):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     """The SLO's name (the `slo` label); one with a default SLO's name replaces it."""
     sli: Literal["availability", "latency"] = "availability"
-    """availability: good = not a server-side failure; latency: good = answered within latency_threshold."""
+    """availability: bad = a failure of the service (bad_statuses, bad_outcomes); latency: good = answered
+    within latency_threshold."""
     objective: float = Field(gt=0, lt=100)
     """Percent of good requests: 99, 99.9, 99.95, 99.99, ..."""
     period: PositiveDuration = 30 * 86400.0
@@ -785,8 +831,43 @@ class SloConfig(Section):
     """Generate the page alert (14.4x burn over 1h and 5m, or 6x over 6h and 30m)."""
     ticket: bool = True
     """Generate the ticket alert (3x burn over 1d and 2h, or 1x over 3d and 6h)."""
+    bad_statuses: list[StatusPattern] = list(DEFAULT_BAD_STATUSES)
+    """For availability SLOs: answers with these statuses (503) or classes (4xx, 5xx) are bad."""
+    bad_outcomes: list[OutcomeName] = list(DEFAULT_BAD_OUTCOMES)
+    """For availability SLOs: requests that ended so are bad whatever their status (a stream the upstream
+    broke off after its 200); any of upstream_unavailable, upstream_timeout, upstream_error, aborted,
+    rejected, client_closed."""
+    good_refusals: list[StatusPattern] = list(DEFAULT_GOOD_REFUSALS)
+    """For availability SLOs: the sidecar's own refusals (outcome rejected) with these statuses are never
+    bad: the request was at fault."""
+    good_outcomes: list[OutcomeName] = list(DEFAULT_GOOD_OUTCOMES)
+    """For availability SLOs: requests that ended so are never bad (client_closed: the client went away)."""
+    min_events: int = Field(DEFAULT_MIN_EVENTS, ge=0)
+    """Requests (latency SLOs: observations) a burn-rate alert's short window must hold before it fires."""
+    min_bad_events: int = Field(DEFAULT_MIN_BAD_EVENTS, ge=0)
+    """Bad requests a burn-rate alert's short window must hold before it fires."""
     enabled: bool = True
     """false: switch the SLO (or the default SLO of this name) off."""
+
+    @model_validator(mode="after")
+    def _bad_events_fit_the_sli(self) -> SloConfig:
+        defaults = {"bad_statuses": DEFAULT_BAD_STATUSES, "bad_outcomes": DEFAULT_BAD_OUTCOMES,
+                    "good_refusals": DEFAULT_GOOD_REFUSALS, "good_outcomes": DEFAULT_GOOD_OUTCOMES}  # fmt: skip
+        if self.sli != "availability":
+            for key, default in defaults.items():
+                # Compared with the default: the effective config (every key shown) must load again.
+                if tuple(getattr(self, key)) != default:
+                    raise ValueError(f"expected no {key} in slo {self.name!r}: it applies to sli: availability")
+        if not self.bad_statuses and not self.bad_outcomes:
+            raise ValueError(f"expected bad_statuses or bad_outcomes in slo {self.name!r}: nothing would be bad")
+        if "completed" in self.bad_outcomes:
+            raise ValueError(f"expected no completed in bad_outcomes of slo {self.name!r}: bad_statuses says which "
+                             f"answers are bad")  # fmt: skip
+        both = sorted(set(self.bad_outcomes) & set(self.good_outcomes))
+        if both:
+            raise ValueError(f"expected each outcome in bad_outcomes or good_outcomes of slo {self.name!r}, not both: "
+                             f"{', '.join(both)}")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _latency_needs_threshold(self) -> SloConfig:

@@ -21,6 +21,9 @@ def describe_rule(rule: RuleSpec, slos: Mapping[str, SloSpec]) -> str:
             for window in condition.windows
         )
         text = f"SLO {condition.slo}{target} burns its error budget faster than {windows}"
+        if slo is not None and (slo.min_events or slo.min_bad_events):
+            text += (f", once the short window holds {slo.min_events} requests and {slo.min_bad_events} bad "
+                     f"ones")  # fmt: skip
     else:
         text = describe_signal_condition(condition)
     if rule.for_s:
@@ -31,7 +34,7 @@ def describe_rule(rule: RuleSpec, slos: Mapping[str, SloSpec]) -> str:
 
 
 _ERROR_CLASSES: Mapping[str, str] = MappingProxyType({
-    "any": "any server-side failure",
+    "any": "any failure of the service",
     "5xx": "5xx answers",
     "timeout": "upstream timeouts",
     "upstream_down": "upstream unreachable",
@@ -56,4 +59,7 @@ def describe_signal_condition(condition: SignalCondition) -> str:
     if signal.per_gpu:
         subject += " per GPU"
     unit = "" if signal.unit == "bool" else f" {signal.unit}"
-    return f"{subject} {condition.op} {condition.threshold:g}{unit}"
+    text = f"{subject} {condition.op} {condition.threshold:g}{unit}"
+    if condition.min_events or condition.min_bad_events:
+        text += f", once the window holds {condition.min_events} requests and {condition.min_bad_events} failed ones"
+    return text

@@ -66,6 +66,7 @@ from sidecar.rules.spec import (
 )
 from sidecar.rules.windows import (
     ExchangeWindows,
+    Layout,
     SeriesKey,
     SeriesStore,
     encode_series,
@@ -146,7 +147,8 @@ class SlotSummary:
     """The slot's length (10 s), less what passed before counting began: rates divide by it."""
     requests: float
     errors: float
-    """Server-side failures (`error_class` any: 5xx answers and upstream failures)."""
+    """Failures of the service (`error_class` any: 5xx answers and upstream failures, not the sidecar's
+    refusals of bad requests nor clients that went away)."""
     rate_limited: float
     input_tokens: float
     output_tokens: float
@@ -205,12 +207,15 @@ def _window_key(window_s: float) -> str:
     return str(int(window_s)) if window_s == int(window_s) else repr(window_s)
 
 
-def describe(condition: SignalCondition | BurnRateCondition) -> str:
-    """A rule's condition in words, PromQL-like."""
+def describe(condition: SignalCondition | BurnRateCondition, slo: SloSpec | None = None) -> str:
+    """A rule's condition in words, PromQL-like; `slo`: a burn rate's SLO, for its minimum of evidence."""
     if isinstance(condition, BurnRateCondition):
         parts = [f"> {pair.factor:g} over {format_duration(pair.long_s)} and {format_duration(pair.short_s)}"
                  for pair in condition.windows]  # fmt: skip
-        return f"burn_rate({condition.slo}) " + ", or ".join(parts)
+        text = f"burn_rate({condition.slo}) " + ", or ".join(parts)
+        if slo is not None and (slo.min_events or slo.min_bad_events):
+            text += f", with events >= {slo.min_events} and bad >= {slo.min_bad_events} over the short window"
+        return text
     window = format_duration(condition.window_s)
     selector = condition.signal
     if condition.error_class != "any":
@@ -222,7 +227,10 @@ def describe(condition: SignalCondition | BurnRateCondition) -> str:
     else:
         signal = SIGNALS.get(condition.signal)
         text = selector if signal is not None and signal.shape is Shape.GAUGE else f"{selector}[{window}]"
-    return f"{text} {condition.op} {condition.threshold:g}"
+    text = f"{text} {condition.op} {condition.threshold:g}"
+    if condition.min_events or condition.min_bad_events:
+        text += f" and requests[{window}] >= {condition.min_events} and errors[{window}] >= {condition.min_bad_events}"
+    return text
 
 
 @dataclass(slots=True)
@@ -275,8 +283,9 @@ class RuleEngine:
         self._rules = [_Rule(spec, (spec.name, tuple(sorted(spec.labels.items())))) for spec in ruleset.rules]
         self._windows_s = self._exchange_windows(ruleset)
         self._horizons = self._series_horizons(ruleset)
+        self._layout = Layout.build(slo.bad_events for slo in ruleset.slos if slo.bad_events is not None)
         now = clock()
-        self._windows = ExchangeWindows(self._windows_s, now, history_slots=HISTORY_SLOTS)
+        self._windows = ExchangeWindows(self._windows_s, now, self._layout, history_slots=HISTORY_SLOTS)
         self._series = SeriesStore(self._horizons)
         self._readings: dict[str, Callable[[], float | None]] = {}
         self._counters: dict[str, _Counter] = {}
@@ -451,7 +460,19 @@ class RuleEngine:
         else:
             values = self._series.values(condition.signal, condition.window_s, tick.now, condition.aggregate)
         threshold = condition.threshold
+        if values and not self._enough_evidence(condition, tick):
+            return [(labels, value, False) for labels, value in values]
         return [(labels, value, compare(value, threshold)) for labels, value in values]
+
+    def _enough_evidence(self, condition: SignalCondition, tick: _Tick) -> bool:
+        """Whether an error_ratio's window holds min_events requests and min_bad_events failed ones
+        (other signals need none)."""
+        if condition.signal != "error_ratio" or not (condition.min_events or condition.min_bad_events):
+            return True
+        totals = self._totals(condition.window_s, tick)
+        layout = self._windows.layout
+        return (totals[layout.requests] >= condition.min_events
+                and totals[layout.errors[condition.error_class]] >= condition.min_bad_events)  # fmt: skip
 
     def _exchange_value(self, condition: SignalCondition, tick: _Tick) -> float | None:
         totals = self._totals(condition.window_s, tick)
@@ -483,7 +504,7 @@ class RuleEngine:
         known = tick.ratios.get((slo.name, window_s))
         if known is None:
             bad, total = self._windows.layout.slo_counts(
-                self._totals(window_s, tick), slo.sli, slo.latency_signal, slo.latency_threshold_s
+                self._totals(window_s, tick), slo.sli, slo.latency_signal, slo.latency_threshold_s, slo.bad_events
             )
             known = tick.ratios[(slo.name, window_s)] = ((bad / total if total else None), bad, total)
         return known
@@ -496,12 +517,14 @@ class RuleEngine:
         shown: float | None = None
         for pair in condition.windows:
             long_ratio = self._error_ratio(slo, pair.long_s, tick)[0]
-            short_ratio = self._error_ratio(slo, pair.short_s, tick)[0]
+            short_ratio, short_bad, short_total = self._error_ratio(slo, pair.short_s, tick)
             if shown is None and long_ratio is not None:
                 shown = long_ratio / budget
-            # Compared as the exported rule compares: ratio > factor x budget.
+            # Compared as the exported rule compares: ratio > factor x budget, and the short window
+            # holds the minimum of evidence.
             if (long_ratio is not None and short_ratio is not None
-                    and long_ratio > pair.factor * budget and short_ratio > pair.factor * budget):  # fmt: skip
+                    and long_ratio > pair.factor * budget and short_ratio > pair.factor * budget
+                    and short_total >= slo.min_events and short_bad >= slo.min_bad_events):  # fmt: skip
                 return [(_NO_LABELS, long_ratio / budget, True)]
         return [] if shown is None else [(_NO_LABELS, shown, False)]
 
@@ -578,11 +601,15 @@ class RuleEngine:
             active = sum(1 for alert in rule.alerts.values() if alert.state is not AlertState.RESOLVED)
             states.append(RuleState(
                 name=spec.name, labels=MappingProxyType(dict(spec.labels)), origin=spec.origin,
-                expression=describe(spec.condition), for_s=spec.for_s, keep_firing_for_s=spec.keep_firing_for_s,
+                expression=describe(spec.condition, self._slo_of(spec.condition)), for_s=spec.for_s,
+                keep_firing_for_s=spec.keep_firing_for_s,
                 health=health, error=rule.error, last_evaluation=rule.last_evaluation,
                 evaluation_duration_s=rule.duration_s, values=rule.values, active_alerts=active,
             ))  # fmt: skip
         return states
+
+    def _slo_of(self, condition: SignalCondition | BurnRateCondition) -> SloSpec | None:
+        return self._slos.get(condition.slo) if isinstance(condition, BurnRateCondition) else None
 
     def slo_status(self) -> list[SloStatus]:
         tick = _Tick(self._clock())
@@ -688,7 +715,7 @@ class RuleEngine:
         windows = self._windows
         if data.get("windows") is not None:
             windows, window_notes = ExchangeWindows.restored(
-                self._windows_s, data["windows"], now, history_slots=HISTORY_SLOTS
+                self._windows_s, data["windows"], now, self._layout, history_slots=HISTORY_SLOTS
             )
             notes.extend(window_notes)
         series = SeriesStore(self._horizons)

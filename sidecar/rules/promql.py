@@ -11,6 +11,11 @@ Prometheus when it would fire in the sidecar. Where PromQL needs care to say the
 
 - ratios are 0, not absent, while no request failed (`errors or 0 * total`), and absent, not NaN,
   while the window holds no requests (`total > 0`); quantiles are absent without observations;
+- bad requests (`signals.BadEvents`) are told apart by status and error type, each outcome by its
+  error types (`signals.OUTCOME_ERROR_TYPES`), in label-matcher sets that no series matches twice,
+  so their rates add up;
+- the minimum of evidence an error_ratio rule or a burn-rate pair needs is `increase()` over the
+  window (`and on (job, instance) ... >= N`), as the engine counts the window's requests;
 - a count of events (`increase`) also sees a counter series born inside the window: the first XID
   of a GPU creates its series with value 1, which `increase` alone reads as no increase at all.
   Such a series counts in full, but only if the sidecar was already being scraped at the window's
@@ -31,7 +36,8 @@ Where the two still differ, by design or because PromQL cannot do better:
   period, weighting every 5 minutes alike; the engine divides the period's bad requests by all of
   them. They agree while traffic is steady;
 - a ratio's error series born inside its window (a first 502 since the start) is under-counted by
-  its first value, as every `rate` is; counts (XIDs, drops) do not have that blind spot;
+  its first value, as every `rate` and `increase` is, so the minimum of bad requests is reached a
+  few failures later than in the engine; counts (XIDs, drops) do not have that blind spot;
 - the objective is written with 12 significant digits (0.999, not 0.9990000000000001).
 
 The output is deterministic (rule-set order, sorted labels, no timestamps or versions) so that the
@@ -49,9 +55,22 @@ from types import MappingProxyType
 import yaml
 from prometheus_client.utils import floatToGoString
 
-from sidecar.rules.signals import QUANTILE_SIGNALS, RATE_LIMITED, SIGNALS, THROTTLE_REASON_BITS, Shape
+from sidecar.exchange import Outcome
+from sidecar.rules.signals import (
+    ERROR_CLASSES,
+    OUTCOME_ERROR_TYPES,
+    QUANTILE_SIGNALS,
+    RATE_LIMITED,
+    SIGNALS,
+    THROTTLE_REASON_BITS,
+    BadEvents,
+    Shape,
+    status_regex,
+)
 from sidecar.rules.spec import (
+    PAGE_WINDOWS,
     SLO_WINDOWS,
+    TICKET_WINDOWS,
     BurnRateCondition,
     RuleSet,
     RuleSpec,
@@ -85,17 +104,67 @@ REQUESTS = HISTOGRAMS["request_duration"]
 BUILD_INFO = "sidecar_build_info"
 """Served by every sidecar from its start: tells "scraped, nothing happened" from "not scraped"."""
 
-_SERVER_ERROR = 'http_response_status_code=~"5.."'
-# An upstream failure after a 200 was sent (a stream broken off) keeps its status: count it among
-# the non-5xx only, so that a 502 with error_type upstream_connect_error is not counted twice.
-_UPSTREAM_FAILURE = ('http_response_status_code!~"5.."', 'error_type=~"upstream_.*"')
-ERROR_MATCHERS: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType({
-    "any": ((_SERVER_ERROR,), _UPSTREAM_FAILURE),
-    "5xx": ((_SERVER_ERROR,),),
-    "timeout": (('error_type=~"upstream_.*timeout"',),),
-    "upstream_down": (('error_type="upstream_connect_error"',),),
-})  # fmt: skip
-"""error_class -> the label matchers of the request series it counts (disjoint sets, summed)."""
+_STATUS = "http_response_status_code"
+_UPSTREAM = (Outcome.UPSTREAM_UNAVAILABLE, Outcome.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_ERROR)
+_LISTED = tuple(outcome for outcome in Outcome if outcome in OUTCOME_ERROR_TYPES)
+"""The outcomes named by their error types (rejected: every other error type)."""
+
+
+def bad_event_matchers(events: BadEvents) -> tuple[tuple[str, ...], ...]:
+    """The label matchers of the request series `events` counts as bad: sets that no series matches
+    twice (so their rates add up), one per way of being bad. For the shipped classification:
+
+    - `error_type=~"upstream_.*"`: the upstream failed, whatever the status;
+    - a 5xx answer the upstream gave (`error_type=""`), or one cut short by the sidecar (aborted);
+    - a 5xx the sidecar answered itself, unless it refused the request for the request's sake
+      (`http_response_status_code!~"501|505"`, and no error type of another outcome).
+    """
+    bad_outcomes = [o for o in Outcome if o in events.outcomes and o not in events.good_outcomes]
+    sets = list(_outcome_matchers(bad_outcomes))
+    by_status = [o for o in Outcome if o not in events.outcomes and o not in events.good_outcomes]
+    if events.statuses:
+        status = f"{_STATUS}=~{_quote(status_regex(events.statuses))}"
+        answered = [o for o in by_status if o is not Outcome.REJECTED]
+        sets += [(status, *matchers) for matchers in _outcome_matchers(answered)]
+        if Outcome.REJECTED in by_status:
+            excused = events.statuses & events.good_refusals
+            if excused != events.statuses:
+                refused = (status, f"{_STATUS}!~{_quote(status_regex(excused))}") if excused else (status,)
+                sets.append((*refused, *_rejected_matchers()))
+    return tuple(sets)
+
+
+def _outcome_matchers(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
+    """Disjoint matcher sets on `error_type` selecting exactly the requests that ended with `outcomes`."""
+    wanted = list(outcomes)
+    sets: list[tuple[str, ...]] = []
+    if Outcome.COMPLETED in wanted:
+        sets.append(('error_type=""',))
+    patterns = []
+    if all(outcome in wanted for outcome in _UPSTREAM):
+        patterns.append("upstream_.*")
+        wanted = [o for o in wanted if o not in _UPSTREAM]
+    elif Outcome.UPSTREAM_ERROR in wanted:
+        # Every upstream_* type the other two upstream outcomes do not claim.
+        others = "|".join(OUTCOME_ERROR_TYPES[o] for o in _UPSTREAM if o is not Outcome.UPSTREAM_ERROR)
+        sets.append((f"error_type=~{_quote(OUTCOME_ERROR_TYPES[Outcome.UPSTREAM_ERROR])}",
+                     f"error_type!~{_quote(others)}"))  # fmt: skip
+    patterns += [OUTCOME_ERROR_TYPES[o] for o in _LISTED
+                 if o in wanted and o not in (Outcome.COMPLETED, Outcome.UPSTREAM_ERROR)]  # fmt: skip
+    if patterns:
+        regex = "|".join(patterns)
+        plain = re.fullmatch(r"[A-Za-z0-9_]+", regex) is not None
+        sets.append((f"error_type={_quote(regex)}" if plain else f"error_type=~{_quote(regex)}",))
+    if Outcome.REJECTED in wanted:
+        sets.append(_rejected_matchers())
+    return sets
+
+
+def _rejected_matchers() -> tuple[str, ...]:
+    """The sidecar's own refusals: an error type that no other outcome has."""
+    listed = [o for o in _LISTED if o not in (Outcome.COMPLETED, *_UPSTREAM)]
+    others = "|".join([OUTCOME_ERROR_TYPES[o] for o in listed] + ["upstream_.*"])
+    return ('error_type!=""', f"error_type!~{_quote(others)}")
 
 _MATCHER = re.compile(r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*')
 _YAML_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
@@ -142,7 +211,7 @@ def slo_error_ratio_expr(slo: SloSpec, window_s: float, *, selector: str = "") -
     series = _Series(selector.strip())
     window = prom_duration(window_s)
     if slo.sli == "availability":
-        return _error_ratio("any", window, series)
+        return _error_ratio(slo.bad_events or ERROR_CLASSES["any"], window, series)
     histogram = HISTOGRAMS[slo.latency_signal or "request_duration"]
     le = floatToGoString(slo.latency_threshold_s)
     by = _labels(INSTANCE_LABELS)
@@ -208,7 +277,7 @@ def _signal(condition: SignalCondition, series: _Series) -> str:
         rate = f"sum by ({_labels(INSTANCE_LABELS)}) (rate({series(REQUESTS + '_count')}[{window}]))"
         return _or_zero_per_sidecar(rate, series)
     if name == "error_ratio":
-        return _error_ratio(condition.error_class, window, series)
+        return _error_ratio(ERROR_CLASSES[condition.error_class], window, series)
     if signal.shape is Shape.QUANTILE:
         return _quantile(HISTOGRAMS[QUANTILE_SIGNALS[name]], condition.quantile or 0.5, window, series)
     if name == "rate_limit_rejections":
@@ -224,12 +293,38 @@ def _signal(condition: SignalCondition, series: _Series) -> str:
     return _gauge(name, condition.aggregate, window, series)
 
 
-def _error_ratio(error_class: str, window: str, series: _Series) -> str:
+def _error_ratio(events: BadEvents, window: str, series: _Series) -> str:
+    total = _requests("rate", window, series)
+    return f"(\n  {_bad_requests('rate', events, window, series)}\n  or\n  0 * {total}\n)\n/\n({total} > 0)"
+
+
+def _requests(function: str, window: str, series: _Series) -> str:
+    """Every request over the window: `rate` or `increase`, per sidecar."""
+    return f"sum by ({_labels(INSTANCE_LABELS)}) ({function}({series(REQUESTS + '_count')}[{window}]))"
+
+
+def _bad_requests(function: str, events: BadEvents, window: str, series: _Series) -> str:
+    """The requests `events` counts as bad over the window: `rate` or `increase`, per sidecar; absent
+    while there are none."""
     by = _labels(INSTANCE_LABELS)
-    rates = [f"rate({series(REQUESTS + '_count', *matchers)}[{window}])" for matchers in ERROR_MATCHERS[error_class]]
-    errors = f"sum by ({by}) (\n    " + "\n    or\n    ".join(rates) + "\n  )"
-    total = f"sum by ({by}) (rate({series(REQUESTS + '_count')}[{window}]))"
-    return f"(\n  {errors}\n  or\n  0 * {total}\n)\n/\n({total} > 0)"
+    parts = [f"{function}({series(REQUESTS + '_count', *matchers)}[{window}])"
+             for matchers in bad_event_matchers(events)]  # fmt: skip
+    if not parts:
+        raise ValueError(f"counts no request as bad: {events.key}")
+    return f"sum by ({by}) (\n    " + "\n    or\n    ".join(parts) + "\n  )"
+
+
+def _error_ratio_evidence(condition: SignalCondition, series: _Series) -> str:
+    """`and` clauses holding an error_ratio rule to its minimum of requests and of failed ones."""
+    window = prom_duration(condition.window_s)
+    by = _labels(INSTANCE_LABELS)
+    clauses = []
+    if condition.min_events:
+        clauses.append(f"and on ({by})\n{_requests('increase', window, series)} >= {condition.min_events}")
+    if condition.min_bad_events:
+        bad = _bad_requests("increase", ERROR_CLASSES[condition.error_class], window, series).replace("\n  ", "\n")
+        clauses.append(f"and on ({by})\n{bad} >= {condition.min_bad_events}")
+    return "\n".join(clauses)
 
 
 def _quantile(histogram: str, quantile: float, window: str, series: _Series) -> str:
@@ -293,6 +388,11 @@ def _gauges(series: _Series) -> dict[str, _Gauge]:
             INSTANCE_LABELS, expr=f"{series('sidecar_audit_spool_bytes')} / {series('sidecar_audit_spool_limit_bytes')}"
         ),
         "audit_sink_up": _Gauge(INSTANCE_LABELS, series("sidecar_audit_sink_up")),
+        # The sidecar serves the current time when nothing waits; a clock ahead of Prometheus's
+        # would make the difference negative.
+        "audit_delivery_lag_seconds": _Gauge(
+            INSTANCE_LABELS, expr=f"clamp_min(time() - {series('sidecar_audit_oldest_undelivered_timestamp_seconds')}, 0)"
+        ),
     }
 
 
@@ -330,6 +430,37 @@ def sli_record_name(window_s: float) -> str:
     return f"slo:sli_error:ratio_rate{prom_duration(window_s)}"
 
 
+def events_record_name(window_s: float) -> str:
+    """Requests (latency SLOs: observations) over the window, for the minimum of evidence."""
+    return f"slo:sli_total:increase{prom_duration(window_s)}"
+
+
+def bad_events_record_name(window_s: float) -> str:
+    """Bad requests over the window, for the minimum of evidence."""
+    return f"slo:sli_error:increase{prom_duration(window_s)}"
+
+
+SHORT_WINDOWS = tuple(sorted({pair.short_s for pair in PAGE_WINDOWS + TICKET_WINDOWS}))
+"""The burn-rate pairs' short windows, where the minimum of evidence is counted."""
+
+
+def slo_event_counts_expr(slo: SloSpec, window_s: float, *, selector: str = "") -> tuple[str, str]:
+    """(requests, bad requests) of the SLO over `window_s`, per sidecar; bad is 0, not absent, while
+    there are requests and none is bad."""
+    series = _Series(selector.strip())
+    window = prom_duration(window_s)
+    by = _labels(INSTANCE_LABELS)
+    if slo.sli == "availability":
+        total = _requests("increase", window, series)
+        bad = _bad_requests("increase", slo.bad_events or ERROR_CLASSES["any"], window, series)
+        return total, f"(\n  {bad}\n  or\n  0 * {total}\n)"
+    histogram = HISTOGRAMS[slo.latency_signal or "request_duration"]
+    le = floatToGoString(slo.latency_threshold_s)
+    total = f"sum by ({by}) (increase({series(histogram + '_count')}[{window}]))"
+    good = f"sum by ({by}) (increase({series(histogram + '_bucket', f'le={_quote(le)}')}[{window}]))"
+    return total, f"{total}\n-\n{good}"
+
+
 def _slo_records(slo: SloSpec, series: _Series) -> list[_Rule]:
     """Sloth's SLI and metadata records for one SLO, every one kept per sidecar."""
     labels = _sloth_labels(slo)
@@ -337,7 +468,7 @@ def _slo_records(slo: SloSpec, series: _Series) -> list[_Rule]:
     if slo.sli == "latency":
         bad = f"{slo.latency_signal} over {format_value(slo.latency_threshold_s or 0)}s"
     else:
-        bad = "server-side failures"
+        bad = "failures of the service"
     rules: list[_Rule] = []
     for window_s in SLO_WINDOWS:
         window = prom_duration(window_s)
@@ -345,6 +476,13 @@ def _slo_records(slo: SloSpec, series: _Series) -> list[_Rule]:
         comment = f"SLO {slo.name}: share of bad requests ({bad}) over {window}"
         rules.append(_Rule("record", sli_record_name(window_s), expr, labels={**labels, "sloth_window": window},
                            comment=comment))  # fmt: skip
+    for window_s in SHORT_WINDOWS if slo.min_events or slo.min_bad_events else ():
+        window = prom_duration(window_s)
+        total, bad = slo_event_counts_expr(slo, window_s, selector=series.selector)
+        for name, expr, what in ((events_record_name(window_s), total, "requests"),
+                                 (bad_events_record_name(window_s), bad, "bad requests")):  # fmt: skip
+            rules.append(_Rule("record", name, expr, labels={**labels, "sloth_window": window},
+                               comment=f"SLO {slo.name}: {what} over {window} (the minimum of evidence)"))  # fmt: skip
     period = prom_duration(slo.period_s)
     if slo.period_s not in SLO_WINDOWS:  # a 1d or 3d period already has its ratio, read directly
         five_minutes = f"{sli_record_name(300.0)}{{{selector}}}[{period}]"
@@ -379,17 +517,23 @@ def _slo_records(slo: SloSpec, series: _Series) -> list[_Rule]:
 
 def burn_rate_expr(slo: SloSpec, condition: BurnRateCondition) -> str:
     """Any window pair burning: error ratio over long and over short both above factor x budget
-    (compared as the engine compares). The value is the long window's burn rate, which the
-    annotations print, and `sloth_window` is dropped so that the alert keeps one label set
-    whichever pair holds."""
+    (compared as the engine compares), with the short window holding the SLO's minimum of requests
+    and of bad ones. The value is the long window's burn rate, which the annotations print, and
+    `sloth_window` is dropped so that the alert keeps one label set whichever pair holds."""
     selector = _sloth_selector(slo)
     budget = f"(1 - {_number(slo.objective)})"
     pairs = []
     for window in condition.windows:
         limit = f"({_number(window.factor)} * {budget})"
-        long = f"({sli_record_name(window.long_s)}{{{selector}}} > {limit}) / {budget}"
-        short = f"{sli_record_name(window.short_s)}{{{selector}}} > {limit}"
-        pairs.append(f"  (\n    {long}\n    and ignoring (sloth_window)\n    {short}\n  )")
+        clauses = [
+            f"({sli_record_name(window.long_s)}{{{selector}}} > {limit}) / {budget}",
+            f"{sli_record_name(window.short_s)}{{{selector}}} > {limit}",
+        ]
+        if slo.min_events:
+            clauses.append(f"{events_record_name(window.short_s)}{{{selector}}} >= {slo.min_events}")
+        if slo.min_bad_events:
+            clauses.append(f"{bad_events_record_name(window.short_s)}{{{selector}}} >= {slo.min_bad_events}")
+        pairs.append("  (\n    " + "\n    and ignoring (sloth_window)\n    ".join(clauses) + "\n  )")
     return "max without (sloth_window) (\n" + "\n  or ignoring (sloth_window)\n".join(pairs) + "\n)"
 
 
@@ -403,6 +547,8 @@ def _signal_alert(rule: RuleSpec, series: _Series, external_labels: Mapping[str,
     value = _signal(condition, series)
     comparison = f"{condition.op} {format_value(condition.threshold)}"
     expr = f"{value} {comparison}" if "\n" not in value else f"(\n{_indent(value)}\n)\n{comparison}"
+    if condition.signal == "error_ratio" and (condition.min_events or condition.min_bad_events):
+        expr += "\n" + _error_ratio_evidence(condition, series)
     return _Rule(
         "alert", rule.name, expr, for_s=rule.for_s, keep_firing_for_s=rule.keep_firing_for_s,
         labels={**external_labels, **rule.labels}, annotations=dict(rule.annotations),

@@ -47,15 +47,20 @@ def rules_reference() -> str:
         "|---|---|---|---|---|",
     ]
     for rule in default_rules():
+        ratio = SIGNALS[rule.signal].shape is Shape.RATIO
         condition = SignalCondition(rule.signal, rule.window, rule.op, rule.threshold, rule.quantile,
-                                    rule.error_class, rule.aggregate)  # fmt: skip
+                                    rule.error_class, rule.aggregate, rule.min_events if ratio else 0,
+                                    rule.min_bad_events if ratio else 0)  # fmt: skip
         lines.append(
             f"| `{rule.name}` | {describe_signal_condition(condition)} | {format_duration(rule.for_)} | {rule.severity} "
             f"| {rule.annotations.get('summary', '').replace('|', '&#124;')} |"
         )
-    lines += ["", "## Shipped SLOs", "", "| name | SLI | objective | period |", "|---|---|---|---|"]
+    lines += ["", "## Shipped SLOs", "",
+              "| name | SLI | objective | period | a burn-rate alert's short window must hold |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for slo in default_slos():
-        lines.append(f"| `{slo.name}` | {slo.sli} | {slo.objective:g}% | {format_duration(slo.period)} |")
+        lines.append(f"| `{slo.name}` | {slo.sli} | {slo.objective:g}% | {format_duration(slo.period)} "
+                     f"| {slo.min_events} requests, {slo.min_bad_events} of them bad |")  # fmt: skip
     lines += [
         "",
         "## Burn-rate alerts generated for each SLO",

@@ -16,6 +16,11 @@ so it resolves soon after the burn stops):
 
 The windows are the workbook's for a 30-day period and are kept for other periods too (as Sloth
 does), so a burn rate means the same thing whatever the period.
+
+A burn rate over a handful of requests is noise: one failure among the first requests after a
+start is a 1000x burn of a 99.9 % budget (the workbook's "low-traffic services"). So a pair also
+needs its short window to hold `min_events` requests and `min_bad_events` bad ones, and an
+error_ratio rule the same of its own window; docs/rules.md gives the defaults and the reasoning.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from sidecar.config import AlertRuleConfig, RulesConfig, SloConfig, format_duration
-from sidecar.rules.signals import QUANTILE_SIGNALS, SIGNALS, Shape, Source
+from sidecar.rules.signals import QUANTILE_SIGNALS, SIGNALS, BadEvents, Shape, Source
 from sidecar.rules.windows import TIER_REACH_S, TIER_SLOTS_S
 
 
@@ -61,6 +66,12 @@ class SloSpec:
     latency_threshold_s: float | None = None
     page: bool = True
     ticket: bool = True
+    bad_events: BadEvents | None = None
+    """For availability SLOs: which requests are bad."""
+    min_events: int = 0
+    """Requests (latency: observations) a burn-rate pair's short window must hold before it can fire."""
+    min_bad_events: int = 0
+    """Bad requests a burn-rate pair's short window must hold before it can fire."""
 
     @property
     def error_budget(self) -> float:
@@ -82,6 +93,10 @@ class SignalCondition:
     quantile: float | None = None
     error_class: str = "any"
     aggregate: str = "last"
+    min_events: int = 0
+    """For error_ratio: requests the window must hold before the condition can hold."""
+    min_bad_events: int = 0
+    """For error_ratio: failed requests (of error_class) the window must hold before it can hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +148,8 @@ def default_rules() -> list[AlertRuleConfig]:
         rule(name="SidecarHighErrorRate", signal="error_ratio", window="5m", op=">", threshold=0.05,
              **{"for": "2m"}, severity="critical",
              annotations={"summary": "{{ $value | humanizePercentage }} of requests are failing (over 5% for 2m)",
-                          "description": "5xx answers and upstream failures over the last 5 minutes."}),
+                          "description": "5xx answers and upstream failures over the last 5 minutes (the sidecar's "
+                                         "refusals of bad requests do not count)."}),
         rule(name="SidecarUpstreamDown", signal="upstream_consecutive_failures", op=">=", threshold=3,
              severity="critical",
              annotations={"summary": "The model server failed {{ $value }} health checks in a row"}),
@@ -153,7 +169,15 @@ def default_rules() -> list[AlertRuleConfig]:
              annotations={"summary": "GPU {{ $labels.gpu }} clocks held down (thermal, slowdown or power brake)"}),
         rule(name="AuditSinkDown", signal="audit_sink_up", op="<", threshold=1, **{"for": "5m"},
              severity="critical",
-             annotations={"summary": "Audit records are not reaching the sink (5m); they wait in the spool"}),
+             annotations={"summary": "Audit records are not reaching the sink (5m); they wait in the spool",
+                          "description": "None stored, whatever the sink answers; sidecar_audit_sink_retries_total "
+                                         "says how it refuses (rejected: 429, server_error, connection)."}),
+        rule(name="AuditDeliveryLagging", signal="audit_delivery_lag_seconds", op=">", threshold=300,
+             **{"for": "2m"}, severity="warning",
+             annotations={"summary": "The oldest undelivered audit record has waited "
+                                     "{{ $value | humanizeDuration }} (over 5m)",
+                          "description": "Audit records reach the sink slower than they are written, or not at "
+                                         "all; they wait in the spool until it fills."}),
         rule(name="AuditSpoolFilling", signal="audit_spool_fill_ratio", op=">", threshold=0.8, **{"for": "5m"},
              severity="warning",
              annotations={"summary": "Audit spool {{ $value | humanizePercentage }} full"}),
@@ -222,9 +246,11 @@ def _rule_from_config(alert: AlertRuleConfig, origin: str) -> RuleSpec:
         problem = template_problem(text)
         if problem:
             raise SpecError(f"rules.alerts {alert.name!r}: annotations.{key}: {problem}")
+    ratio = signal.shape is Shape.RATIO
     condition = SignalCondition(
         signal=alert.signal, window_s=alert.window, op=alert.op, threshold=alert.threshold,
         quantile=alert.quantile, error_class=alert.error_class, aggregate=alert.aggregate,
+        min_events=alert.min_events if ratio else 0, min_bad_events=alert.min_bad_events if ratio else 0,
     )  # fmt: skip
     labels = {**alert.labels, "severity": alert.severity}
     return RuleSpec(alert.name, condition, alert.for_, alert.keep_firing_for, MappingProxyType(labels),
@@ -233,11 +259,16 @@ def _rule_from_config(alert: AlertRuleConfig, origin: str) -> RuleSpec:
 
 def _slo_spec(slo: SloConfig) -> SloSpec:
     latency = slo.sli == "latency"
+    bad_events = None if latency else BadEvents.build(
+        statuses=slo.bad_statuses, outcomes=slo.bad_outcomes, good_refusals=slo.good_refusals,
+        good_outcomes=slo.good_outcomes,
+    )  # fmt: skip
     return SloSpec(
         # Rounded: 99.9 / 100 is 0.9990000000000001, and PromQL writes 0.999.
         name=slo.name, sli=slo.sli, objective=round(slo.objective / 100.0, 12), period_s=slo.period,
         latency_signal=slo.latency_signal if latency else None,
         latency_threshold_s=slo.latency_threshold if latency else None, page=slo.page, ticket=slo.ticket,
+        bad_events=bad_events, min_events=slo.min_events, min_bad_events=slo.min_bad_events,
     )  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 gauges and event counts.
 
 Exchanges. Each finished request adds to the open slot of the finest tier: one request, its
-server-error classes (`signals.error_classes`), whether the rate limits refused it, and one
+error classes (`signals.ERROR_CLASSES`) and the SLOs' own classifications of bad requests
+(`signals.BadEvents`) it counts under, whether the rate limits refused it, and one
 observation per latency histogram it feeds (`signals.latency_observations`, bucketed on
 `signals.LATENCY_BUCKETS` plus +Inf), and the model call's input and output tokens where known. A
 slot is one row of doubles in a ring (`array('d')`), so memory is fixed by the tiers, not by traffic:
@@ -22,9 +23,11 @@ finer tiers (which hold what has not been rolled up yet). Every request is count
 every tier, and counts are whole numbers in doubles, so sums stay exact.
 
 SLO counts are not stored twice: an availability SLO's bad requests are the `errors:any` column
-and its total the request count; a latency SLO's total is its histogram's observation count and
-its bad ones those above the threshold's `le` bucket (the threshold is always a bucket bound),
-which is exactly what the exported PromQL counts.
+when it counts bad requests as the shipped SLO does (else a `bad:<classification>` column, named by
+what it counts, so a changed classification starts afresh) and its total the request count; a
+latency SLO's total is its histogram's observation count and its bad ones those above the
+threshold's `le` bucket (the threshold is always a bucket bound), which is exactly what the
+exported PromQL counts.
 
 The finest tier also serves the status page's recent history (`recent_slots`): its closed slots, one
 row each, as they were counted. The owner may ask for more of them to be kept than any window needs
@@ -85,8 +88,8 @@ from sidecar.rules.signals import (
     ERROR_CLASSES,
     LATENCY_BUCKETS,
     SIGNALS,
+    BadEvents,
     Shape,
-    error_classes,
     is_rate_limited,
     latency_observations,
 )
@@ -124,13 +127,18 @@ class Layout:
     input_tokens: int
     output_tokens: int
     """Tokens of model calls that reported or counted them (the status page's tokens/s)."""
+    bad: Mapping[BadEvents, int]
+    """classification of bad requests -> column: every error class's and every SLO's."""
+    classifiers: tuple[tuple[int, BadEvents], ...]
+    """(column, classification) for each column of bad requests, for the hot path."""
 
     @property
     def width(self) -> int:
         return len(self.columns)
 
     @classmethod
-    def build(cls) -> Layout:
+    def build(cls, classifications: Iterable[BadEvents] = ()) -> Layout:
+        """The row for the error classes and `classifications` (the availability SLOs' bad requests)."""
         columns = ["requests"]
         errors = {}
         for error_class in ERROR_CLASSES:
@@ -148,8 +156,14 @@ class Layout:
         columns.append("tokens:input")
         output_tokens = len(columns)  # input_tokens + 1: `observe` relies on it
         columns.append("tokens:output")
+        bad = {events: errors[name] for name, events in ERROR_CLASSES.items()}
+        for events in classifications:
+            if events not in bad:
+                bad[events] = len(columns)
+                columns.append(f"bad:{events.key}")
+        classifiers = tuple((column, events) for events, column in sorted(bad.items(), key=lambda item: item[1]))
         return cls(tuple(columns), 0, MappingProxyType(errors), rate_limited, MappingProxyType(histograms),
-                   input_tokens, output_tokens)  # fmt: skip
+                   input_tokens, output_tokens, MappingProxyType(bad), classifiers)  # fmt: skip
 
     def cumulative(self, row: Sequence[float], histogram: str) -> tuple[tuple[float, ...], list[float]]:
         """(bounds, cumulative counts with +Inf last) of one histogram in a totals row."""
@@ -161,12 +175,17 @@ class Layout:
             cumulative.append(running)
         return bounds, cumulative
 
-    def slo_counts(self, row: Sequence[float], sli: str, latency_signal: str | None,
-                   threshold_s: float | None) -> tuple[float, float]:  # fmt: skip
-        """(bad, total) of an SLO in a totals row: server errors of all requests, or observations
-        above the threshold's `le` bucket of all observations of the latency histogram."""
+    def slo_counts(self, row: Sequence[float], sli: str, latency_signal: str | None, threshold_s: float | None,
+                   bad_events: BadEvents | None = None) -> tuple[float, float]:  # fmt: skip
+        """(bad, total) of an SLO in a totals row: bad requests (`bad_events`, by default as the shipped
+        SLO counts them) of all requests, or observations above the threshold's `le` bucket of all
+        observations of the latency histogram."""
         if sli == "availability":
-            return row[self.errors["any"]], row[self.requests]
+            column = self.errors["any"] if bad_events is None else self.bad.get(bad_events)
+            if column is None:
+                raise ValueError(f"no column counts bad requests as {bad_events.key if bad_events else None}; "
+                                 f"build the layout with that classification")  # fmt: skip
+            return row[column], row[self.requests]
         if latency_signal is None or threshold_s is None:
             raise ValueError(f"latency SLO needs latency_signal and latency_threshold_s, got {latency_signal!r}, "
                              f"{threshold_s!r}")  # fmt: skip
@@ -391,10 +410,12 @@ class ExchangeWindows:
         row = self._open_row
         layout = self.layout
         ring[row] += 1.0
-        if exchange.status >= 500 or exchange.error_type:
-            errors = layout.errors
-            for error_class in error_classes(exchange):
-                ring[row + errors[error_class]] += 1.0
+        # Only these can be bad: a bad status is 4xx or 5xx (config), a bad outcome has an error type.
+        if exchange.status >= 400 or exchange.error_type:
+            status, outcome = exchange.status, exchange.outcome
+            for column, events in layout.classifiers:
+                if events.counts(status, outcome):
+                    ring[row + column] += 1.0
             if is_rate_limited(exchange):
                 ring[row + layout.rate_limited] += 1.0
         histograms = layout.histograms

@@ -54,8 +54,10 @@ def described(transitions: Iterable[AlertTransition]) -> list[tuple[str, str | N
     return [(t.alert.name, t.previous and t.previous.value, t.alert.state.value) for t in transitions]
 
 
+# No minimum of evidence: these tests follow the alert states from the first failure on (the
+# minimum has tests of its own below).
 HIGH_ERRORS = {"name": "HighErrors", "signal": "error_ratio", "window": "5m", "op": ">", "threshold": 0.05,
-               "for": "2m", "keep_firing_for": "1m", "severity": "critical",
+               "for": "2m", "keep_firing_for": "1m", "severity": "critical", "min_events": 0, "min_bad_events": 0,
                "annotations": {"summary": "{{ $value | humanizePercentage }} failing on {{ $labels.instance }}"},
                }  # fmt: skip
 
@@ -264,6 +266,123 @@ def test_latency_slo_counts_observations_above_the_threshold_bucket() -> None:
     [status] = engine.slo_status()
     assert (status.total, status.bad) == (100, 3)
     assert status.budget_remaining == pytest.approx(1 - 0.03 / 0.01)
+
+
+# --- what counts as bad, and a minimum of evidence ---------------------------------------------------
+
+# Quick ones, so that the shipped latency rule stays quiet.
+ANSWERED = make_exchange(duration_s=0.2)
+REFUSED = make_exchange(status=501, upstream_status=None, outcome=Outcome.REJECTED,
+                        error_type="unsupported_transfer_coding", gen_ai=None, duration_s=0.001)  # fmt: skip
+UNREACHABLE = make_exchange(status=502, upstream_status=None, outcome=Outcome.UPSTREAM_UNAVAILABLE,
+                            error_type="upstream_connect_error", gen_ai=None, duration_s=0.001)  # fmt: skip
+CLIENT_GONE = make_exchange(status=499, outcome=Outcome.CLIENT_CLOSED, error_type="client_closed", duration_s=0.1)
+
+
+def test_requests_the_sidecar_refuses_and_clients_that_leave_fire_nothing() -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(defaults=True), clock)
+    transitions = []
+    for _ in range(10):  # 300 refusals a second for 10 s, and 30 clients gone
+        for _ in range(300):
+            engine.observe_exchange(REFUSED)
+        for _ in range(3):
+            engine.observe_exchange(CLIENT_GONE)
+        transitions += engine.evaluate()
+        clock.now += 1.0
+    assert transitions == [] and engine.alerts() == []
+    [status] = engine.slo_status()
+    assert (status.total, status.bad) == (3030, 0)
+    [error_rate] = [state for state in engine.rule_states() if state.name == "SidecarHighErrorRate"]
+    assert [value for _, value in error_rate.values] == [0.0]
+
+
+def test_a_single_failure_right_after_start_fires_nothing() -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(defaults=True), clock)
+    engine.observe_exchange(UNREACHABLE)
+    transitions = []
+    for _ in range(600):  # ten minutes of evaluations, the failure in every window for 5 of them
+        transitions += engine.evaluate()
+        clock.now += 1.0
+    assert transitions == []
+    [status] = engine.slo_status()
+    assert (status.total, status.bad) == (1, 1)
+    assert status.burn_rates[3600.0] == pytest.approx(1000.0)  # the burn a page needs, 70 times over
+
+
+@pytest.mark.parametrize(("good", "bad", "fires"), [
+    (0, 4, False),   # 4 bad requests: one short of min_bad_events
+    (10, 5, False),  # 15 requests: short of min_events
+    (15, 5, True),   # 20 requests, 5 bad: enough
+])  # fmt: skip
+def test_a_burn_rate_alert_needs_min_events_and_min_bad_events_in_its_short_window(
+    good: int, bad: int, fires: bool
+) -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(slos=[{**SLO, "min_events": 20, "min_bad_events": 5}]), clock)
+    for _ in range(good):
+        engine.observe_exchange(OK)
+    for _ in range(bad):
+        engine.observe_exchange(UNREACHABLE)
+    transitions = engine.evaluate()
+    assert sorted(t.alert.labels["severity"] for t in transitions) == (["page", "ticket"] if fires else [])
+    # The burn rate is shown either way (a 1000x or 250x burn); only the evidence is missing.
+    [page] = [state for state in engine.rule_states() if state.labels["severity"] == "page"]
+    assert page.values[0][1] > 14.4
+    assert "with events >= 20 and bad >= 5 over the short window" in page.expression
+
+
+@pytest.mark.parametrize(("good", "bad", "fires"), [(0, 4, False), (10, 5, False), (15, 5, True)])
+def test_an_error_ratio_rule_needs_min_events_and_min_bad_events_in_its_window(
+    good: int, bad: int, fires: bool
+) -> None:
+    clock = Clock()
+    rule = {**HIGH_ERRORS, "for": "0s", "min_events": 20, "min_bad_events": 5}
+    engine = engine_for(ruleset(rule), clock)
+    for _ in range(good):
+        engine.observe_exchange(OK)
+    for _ in range(bad):
+        engine.observe_exchange(FAILED)
+    assert described(engine.evaluate()) == ([("HighErrors", None, "firing")] if fires else [])
+    [state] = engine.rule_states()
+    assert state.values[0][1] == bad / (good + bad)
+    assert state.expression == "error_ratio[5m] > 0.05 and requests[5m] >= 20 and errors[5m] >= 5"
+
+
+def test_an_outage_after_hours_of_steady_traffic_pages_within_a_minute() -> None:
+    clock = Clock()
+    engine = engine_for(ruleset(defaults=True), clock)
+    for _ in range(6 * 3600):  # six hours at one request a second, all answered
+        engine.observe_exchange(ANSWERED)
+        clock.now += 1.0
+    assert engine.evaluate() == []
+    outage_began = clock.now
+    fired: dict[str, float] = {}
+    while len(fired) < 2 and clock.now < outage_began + 3600:
+        engine.observe_exchange(UNREACHABLE)  # every request fails from here on
+        for transition in engine.evaluate():
+            if transition.alert.name == "SloAvailabilityErrorBudgetBurn":
+                fired[transition.alert.labels["severity"]] = transition.at - outage_began
+        clock.now += 1.0
+    # By hand: the 1h window's bad share passes 14.4 x 0.1 % with its 52nd failure (0.0144 x 3600 =
+    # 51.8), at the evaluation 51 s in; the 5m window's after 5 failures, which is also the minimum of
+    # bad requests. The 6h pair would take 0.006 x 21600 = 129.6 s. docs/rules.md: within a minute.
+    assert 51 <= fired["page"] <= 60
+    # The ticket's 3d pair (1x) sees the six hours only: 0.001 x 21600 = 21.6 failures.
+    assert 21 <= fired["ticket"] <= 24
+
+
+def test_each_slo_counts_bad_requests_as_it_is_configured() -> None:
+    clock = Clock()
+    strict = {"name": "strict", "objective": 99, "bad_statuses": ["5xx", "429"], "good_refusals": [],
+              "good_outcomes": [], "bad_outcomes": ["upstream_unavailable", "client_closed"]}  # fmt: skip
+    engine = engine_for(ruleset(slos=[SLO, strict]), clock)
+    rate_limited = make_exchange(status=429, outcome=Outcome.REJECTED, error_type="rate_limited")
+    for exchange in (OK, FAILED, REFUSED, UNREACHABLE, CLIENT_GONE, rate_limited):
+        engine.observe_exchange(exchange)
+    statuses = {status.name: (status.total, status.bad) for status in engine.slo_status()}
+    assert statuses == {"availability": (6, 2), "strict": (6, 5)}
 
 
 # --- acceptance 5: a restart keeps the alert and the windows -------------------------------------

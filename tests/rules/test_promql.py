@@ -3,6 +3,7 @@ file, and reading only series the sidecar serves."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -13,15 +14,17 @@ from prometheus_client.registry import CollectorRegistry
 
 from sidecar.config import RulesConfig, load_config
 from sidecar.rules.promql import (
+    bad_event_matchers,
     export_prometheus,
     prom_duration,
     selector_problem,
     signal_expr,
 )
-from sidecar.rules.signals import SIGNALS, Shape
+from sidecar.rules.signals import ERROR_CLASSES, SIGNALS, BadEvents, Shape
 from sidecar.rules.spec import SignalCondition, effective_rules
 from sidecar.testing.nvml import FakeNvml
 from tests.conftest import SidecarFactory
+from tests.support.endings import ENDINGS
 from tests.support.tools import require_tool, wait_for
 from tests.support.upstream import TestUpstream
 
@@ -258,23 +261,110 @@ def test_prometheus_durations_have_no_decimals() -> None:
     assert prom_duration(2_592_000) == "30d"
 
 
-@pytest.mark.parametrize(
-    ("error_class", "expected", "absent"),
-    [
-        ("any", ['http_response_status_code=~"5.."',
-                 'http_response_status_code!~"5..", error_type=~"upstream_.*"'], []),
-        ("5xx", ['http_response_status_code=~"5.."'], ["upstream_"]),
-        ("timeout", ['error_type=~"upstream_.*timeout"'], ["5.."]),
-        ("upstream_down", ['error_type="upstream_connect_error"'], ["5..", "timeout"]),
-    ],
-)
-def test_error_classes_select_what_signals_says(error_class: str, expected: list[str], absent: list[str]) -> None:
-    expr = signal_expr(SignalCondition("error_ratio", 300.0, ">", 0.05, error_class=error_class))
-    numerator = expr.split("or\n  0 *")[0]
-    for matchers in expected:
-        assert f"http_server_request_duration_seconds_count{{{matchers}}}[5m]" in numerator
-    for text in absent:
-        assert text not in numerator
+_MATCHER_PARTS = re.compile(r'([A-Za-z_]+)(=~|!~|!=|=)"((?:[^"\\]|\\.)*)"')
+
+
+def matches(matchers: tuple[str, ...], labels: dict[str, str]) -> bool:
+    """Whether a series with `labels` is selected by `matchers`, as Prometheus matches (anchored)."""
+    for matcher in matchers:
+        match = _MATCHER_PARTS.fullmatch(matcher)
+        assert match is not None, matcher
+        name, op, value = match.groups()
+        value = json.loads(f'"{value}"')
+        actual = labels.get(name, "")
+        selected = {"=": actual == value, "!=": actual != value, "=~": re.fullmatch(value, actual) is not None,
+                    "!~": re.fullmatch(value, actual) is None}[op]  # fmt: skip
+        if not selected:
+            return False
+    return True
+
+
+CLASSIFICATIONS = {
+    **{f"error class {name}": events for name, events in ERROR_CLASSES.items()},
+    "rate limits too": BadEvents.build(statuses=["5xx", "429"], outcomes=["upstream_timeout", "client_closed"]),
+    "only some upstream failures": BadEvents.build(outcomes=["upstream_error", "aborted"]),
+    "refusals and all": BadEvents.build(statuses=["4xx", "5xx"], outcomes=["rejected", "upstream_unavailable"],
+                                        good_refusals=["429"]),  # fmt: skip
+    "lenient": BadEvents.build(statuses=["500", "502", "504"], good_refusals=["5xx"], good_outcomes=["aborted"]),
+}
+
+
+@pytest.mark.parametrize("events", CLASSIFICATIONS.values(), ids=CLASSIFICATIONS.keys())
+def test_the_exported_matchers_select_exactly_the_requests_the_engine_counts_as_bad(events: BadEvents) -> None:
+    sets = bad_event_matchers(events)
+    for status, error_type, outcome in ENDINGS:
+        labels = {"http_response_status_code": str(status), "error_type": error_type}
+        selected = [matchers for matchers in sets if matches(matchers, labels)]
+        assert len(selected) <= 1, f"{labels} counted twice: {selected}"
+        assert bool(selected) == events.counts(status, outcome), (labels, outcome, sets)
+
+
+def test_error_classes_read_the_series_they_name() -> None:
+    def numerator(error_class: str) -> str:
+        expr = signal_expr(SignalCondition("error_ratio", 300.0, ">", 0.05, error_class=error_class))
+        return expr.split("or\n  0 *")[0]
+
+    assert 'http_server_request_duration_seconds_count{error_type=~"upstream_.*timeout"}[5m]' in numerator("timeout")
+    assert 'http_server_request_duration_seconds_count{error_type="upstream_connect_error"}[5m]' in numerator(
+        "upstream_down"
+    )
+    assert 'http_response_status_code!~"501|505"' in numerator("any")
+    assert 'http_response_status_code!~"501|505"' in numerator("5xx")
+
+
+def test_the_minimum_of_evidence_is_part_of_the_exported_alerts() -> None:
+    document = yaml.safe_load(default_export())
+    rules = {rule.get("alert") or rule["record"]: rule for group in document["groups"] for rule in group["rules"]}
+    error_rate = rules["SidecarHighErrorRate"]["expr"]
+    requests = "sum by (job, instance) (increase(http_server_request_duration_seconds_count[5m]))"
+    assert f"and on (job, instance)\n{requests} >= 20" in error_rate
+    assert error_rate.rstrip().endswith(">= 5")
+    for severity_windows in (("5m", "30m"), ("2h", "6h")):
+        [burn] = [rule["expr"] for group in document["groups"] for rule in group["rules"]
+                  if rule.get("alert") == "SloAvailabilityErrorBudgetBurn"
+                  and f"slo:sli_total:increase{severity_windows[0]}" in rule["expr"]]  # fmt: skip
+        for window in severity_windows:
+            assert f'slo:sli_total:increase{window}{{sloth_id="inference-sidecar-availability"' in burn
+            assert re.search(rf"slo:sli_error:increase{window}\{{[^}}]*\}} >= 5", burn)
+    # Without a minimum, no such clause and no such records.
+    bare = RulesConfig.model_validate({"defaults": False, "slos": [{"name": "a", "objective": 99, "min_events": 0,
+                                                                   "min_bad_events": 0}]})  # fmt: skip
+    assert "increase" not in export_prometheus(effective_rules(bare))
+
+
+@pytest.mark.integration
+def test_promtool_counts_the_bad_requests_the_engine_counts(tmp_path: Path) -> None:
+    """Every way a request can end, each with its own power of two of requests a minute, through the
+    shipped availability SLO and an SLO that counts rate limits and clients gone as bad: the exported
+    records hold the same counts as the engine."""
+    config = RulesConfig.model_validate({"defaults": True, "slos": [
+        {"name": "strict", "objective": 99, "bad_statuses": ["5xx", "429"], "good_refusals": ["400"],
+         "bad_outcomes": ["upstream_unavailable", "upstream_timeout", "upstream_error", "client_closed"],
+         "good_outcomes": []}]})  # fmt: skip
+    ruleset = effective_rules(config)
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(export_prometheus(ruleset))
+    sidecar = 'job="inference-sidecar", instance="sidecar-0:9180", http_request_method="POST", http_route="/x"'
+    series = [{"series": f'http_server_request_duration_seconds_count{{{sidecar}, http_response_status_code="{status}", '
+                         f'error_type="{error_type}"}}', "values": f"0+{2 ** index}x10"}
+              for index, (status, error_type, _) in enumerate(ENDINGS)]  # fmt: skip
+    expected = []
+    for slo in ruleset.slos:
+        assert slo.bad_events is not None
+        counted = [index for index, (status, _, outcome) in enumerate(ENDINGS) if slo.bad_events.counts(status, outcome)]
+        bad = sum(2**index for index in counted)
+        labels = (f'{{job="inference-sidecar", instance="sidecar-0:9180", sloth_id="inference-sidecar-{slo.name}", '
+                  f'sloth_service="inference-sidecar", sloth_slo="{slo.name}", sloth_window="5m"}}')  # fmt: skip
+        expected.append({"labels": labels, "value": 5 * bad})  # 5 minutes of them
+    assert len({sample["value"] for sample in expected}) == 2, "the two SLOs count differently"
+    tests = {"rule_files": [rules_file.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": "round(slo:sli_error:increase5m)", "eval_time": "10m", "exp_samples": expected}],
+    }]}  # fmt: skip
+    tests_file = tmp_path / "agree.test.yml"
+    tests_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", str(tests_file))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- every series read exists -------------------------------------------------------------------

@@ -35,7 +35,7 @@ def engine_with_alerts() -> tuple[RuleEngine, Clock]:
     })  # fmt: skip
     engine = RuleEngine(effective_rules(config), instance="node-1", clock=clock, external_labels={"cluster": "eu"})
     for i in range(100):
-        engine.observe_exchange(make_exchange(status=500 if i < 2 else 200))
+        engine.observe_exchange(make_exchange(status=500 if i < 5 else 200))
     engine.observe_gpu_sample(GpuSample(at=T0, source="nvml", gpu="0", uuid="GPU-a", pci_bus_id="", device="",
                                         model_name="", hostname="", state=GpuState.OK,
                                         fields={"DCGM_FI_DEV_GPU_TEMP": 90.0}))  # fmt: skip
@@ -47,8 +47,8 @@ def test_alerts_are_published_as_prometheus_publishes_alerts_and_their_for_state
     engine, clock = engine_with_alerts()
     families = scrape(engine)
     alerts = {(s.labels["alertname"], s.labels.get("severity")): s for s in families["sidecar_alerts"]}
-    # 2 % errors: under HighErrors' 5 %, but a 20x burn of a 99.9 % SLO (page and ticket fire at once,
-    # the windows holding only these requests); GpuHot has no `for`.
+    # 5 % errors: not over HighErrors' 5 %, but a 50x burn of a 99.9 % SLO (page and ticket fire at once,
+    # the windows holding only these requests, 5 of them bad: the SLO's minimum); GpuHot has no `for`.
     assert set(alerts) == {("GpuHot", "warning"), ("SloAvailabilityErrorBudgetBurn", "page"),
                            ("SloAvailabilityErrorBudgetBurn", "ticket")}  # fmt: skip
     gpu = alerts[("GpuHot", "warning")]
@@ -63,7 +63,8 @@ def test_alerts_are_published_as_prometheus_publishes_alerts_and_their_for_state
 def test_pending_alerts_are_published_with_alertstate_pending_and_resolved_ones_are_not() -> None:
     clock = Clock()
     config = RulesConfig.model_validate({"defaults": False, "alerts": [
-        {"name": "HighErrors", "signal": "error_ratio", "window": "10s", "op": ">", "threshold": 0.05, "for": "2m"}]})
+        {"name": "HighErrors", "signal": "error_ratio", "window": "10s", "op": ">", "threshold": 0.05, "for": "2m",
+         "min_events": 0, "min_bad_events": 0}]})  # fmt: skip
     engine = RuleEngine(effective_rules(config), instance="node-1", clock=clock)
     engine.observe_exchange(make_exchange(status=500))
     engine.evaluate()
@@ -80,12 +81,12 @@ def test_slo_objective_budget_burn_rates_and_error_ratios() -> None:
     [objective] = families["sidecar_slo_objective_ratio"]
     assert objective.labels == {"slo": "availability"} and abs(objective.value - 0.999) < 1e-12
     [remaining] = families["sidecar_slo_error_budget_remaining_ratio"]
-    assert abs(remaining.value - (1 - 0.02 / 0.001)) < 1e-9  # 2 % errors: 19 budgets overspent
+    assert abs(remaining.value - (1 - 0.05 / 0.001)) < 1e-9  # 5 % errors: 49 budgets overspent
     burn = {s.labels["window"]: s.value for s in families["sidecar_slo_burn_rate"]}
     assert sorted(burn) == sorted(["5m", "30m", "1h", "2h", "6h", "1d", "3d"])
-    assert abs(burn["5m"] - 20.0) < 1e-9
+    assert abs(burn["5m"] - 50.0) < 1e-9
     ratios = {s.labels["window"]: s.value for s in families["sidecar_slo_sli_error_ratio"]}
-    assert "30d" in ratios and ratios["30d"] == 0.02
+    assert "30d" in ratios and ratios["30d"] == 0.05
 
 
 def test_evaluator_health_metrics() -> None:

@@ -107,15 +107,17 @@ def test_check_prints_one_line_per_rule(capsys: pytest.CaptureFixture[str], tmp_
     lines = capsys.readouterr().out.splitlines()
     by_name = {line.split()[0]: line for line in lines[:-1] if not line.startswith("SloAvailability")}
     assert "critical" in by_name["SidecarHighErrorRate"]
-    expected = "error_ratio (any server-side failure) over 5m > 0.05 ratio, for 2m  [default]"
+    expected = ("error_ratio (any failure of the service) over 5m > 0.05 ratio, once the window holds 20 requests "
+                "and 5 failed ones, for 2m  [default]")
     assert expected in by_name["SidecarHighErrorRate"]
-    assert "error_ratio (upstream timeouts) over 5m > 0.01 ratio, for 1m  [config]" in by_name["UpstreamTimeouts"]
+    assert ("error_ratio (upstream timeouts) over 5m > 0.01 ratio, once the window holds 20 requests and 5 failed "
+            "ones, for 1m  [config]") in by_name["UpstreamTimeouts"]
     assert "gpu_temperature per GPU > 85 celsius, for 1m" in by_name["GpuTemperatureHigh"]
     slo = [line for line in lines if line.startswith("SloAvailabilityErrorBudgetBurn")]
     assert len(slo) == 2
     assert "page" in slo[0] and "14.4x over 1h and 5m, or 6x over 6h and 30m" in slo[0]
     assert "ticket" in slo[1] and "3x over 1d and 2h, or 1x over 3d and 6h" in slo[1]
-    assert lines[-1] == "OK: 14 rules (2 from 1 SLO)"
+    assert lines[-1] == "OK: 15 rules (2 from 1 SLO)"
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,12 @@ import time
 import pytest
 
 from sidecar.exchange import Outcome
-from sidecar.rules.signals import LATENCY_BUCKETS
+from sidecar.rules.signals import DEFAULT_BAD_EVENTS, LATENCY_BUCKETS, BadEvents
 from sidecar.rules.windows import (
     LAYOUT,
     STALE_AFTER_S,
     ExchangeWindows,
+    Layout,
     Series,
     SeriesStore,
     histogram_quantile,
@@ -176,6 +177,45 @@ def test_columns_count_classes_rate_limits_and_histograms() -> None:
     assert LAYOUT.slo_counts(totals, "latency", "request_duration", 1.0) == (5, 5)  # 1.5 s each
     with pytest.raises(ValueError, match="not a request_duration bucket bound"):
         LAYOUT.slo_counts(totals, "latency", "request_duration", 1.1)
+
+
+def test_the_sidecars_refusals_and_clients_gone_count_as_requests_not_errors() -> None:
+    windows = ExchangeWindows([300.0], T0)
+    now = T0 + 1
+    for status, error_type in ((501, "unsupported_transfer_coding"), (505, "http_version_not_supported"),
+                               (400, "bad_request"), (429, "rate_limited")):  # fmt: skip
+        windows.observe(make_exchange(status=status, outcome=Outcome.REJECTED, error_type=error_type), now)
+    windows.observe(make_exchange(status=500, outcome=Outcome.CLIENT_CLOSED, error_type="client_closed"), now)
+    windows.observe(make_exchange(status=503, outcome=Outcome.REJECTED, error_type="service_unavailable"), now)
+    totals = windows.totals(300.0, now)
+    assert totals[LAYOUT.requests] == 6
+    # Only the 503 the sidecar answered because it could not serve (its audit spool full) is a failure.
+    assert [totals[LAYOUT.errors[c]] for c in ("any", "5xx", "timeout", "upstream_down")] == [1, 1, 0, 0]
+    assert LAYOUT.slo_counts(totals, "availability", None, None) == (1, 6)
+
+
+def test_an_slo_that_counts_otherwise_has_a_column_named_by_what_it_counts() -> None:
+    strict = BadEvents.build(statuses=["5xx", "429"])
+    layout = Layout.build([DEFAULT_BAD_EVENTS, strict])
+    assert layout.width == LAYOUT.width + 1, "the shipped classification is errors:any, not a column of its own"
+    assert layout.columns[-1] == f"bad:{strict.key}"
+    windows = ExchangeWindows([300.0], T0, layout)
+    now = T0 + 1
+    windows.observe(make_exchange(status=429, outcome=Outcome.REJECTED, error_type="rate_limited"), now)
+    windows.observe(make_exchange(status=501, outcome=Outcome.REJECTED, error_type="unsupported_transfer_coding"), now)
+    windows.observe(make_exchange(status=500), now)
+    totals = windows.totals(300.0, now)
+    assert layout.slo_counts(totals, "availability", None, None, strict) == (3, 3)
+    assert layout.slo_counts(totals, "availability", None, None, DEFAULT_BAD_EVENTS) == (1, 3)
+    with pytest.raises(ValueError, match="no column counts bad requests as"):
+        LAYOUT.slo_counts(totals, "availability", None, None, strict)
+    # Counted otherwise after a restart: the old counts are dropped, not read as the new ones.
+    lenient = BadEvents.build(statuses=["500"])
+    restored, notes = ExchangeWindows.restored([300.0], windows.dump(), now, Layout.build([lenient]))
+    assert notes == [f"dropped counts no longer kept: bad:{strict.key}"]
+    again = restored.totals(300.0, now)
+    assert restored.layout.slo_counts(again, "availability", None, None, lenient) == (0, 3)
+    assert restored.layout.slo_counts(again, "availability", None, None) == (1, 3)
 
 
 def test_undeclared_window_is_refused_by_name() -> None:
