@@ -51,6 +51,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sidecar import __version__
 from sidecar.config import TracingConfig
 from sidecar.exchange import Exchange, Outcome, well_formed
+from sidecar.telemetry.otel_private import queued_spans
 from sidecar.telemetry.semconv import KNOWN_METHODS, method_label, provider_name
 from sidecar.telemetry.tracestate import is_valid_tracestate
 
@@ -71,8 +72,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._queue_limit = int(kwargs.get("max_queue_size") or 2048)
 
     def on_end(self, span: ReadableSpan) -> None:
-        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
-        if queue is not None and len(queue) >= self._queue_limit:
+        queued = queued_spans(self)
+        if queued is not None and queued >= self._queue_limit:
             self.dropped += 1
         super().on_end(span)
 
