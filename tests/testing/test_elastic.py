@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -542,27 +541,30 @@ def test_pure_helpers() -> None:
 
 
 @pytest.fixture
-def standalone() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+async def standalone() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    # An asyncio subprocess: every wait on it is a task the test can bound and cancel, so a slow
+    # shutdown on a busy machine fails the test instead of leaving a thread that blocks the loop.
     port = free_port()
-    with subprocess.Popen(
-        [sys.executable, "-m", "sidecar.testing.elastic", "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
-    ) as process:
-        try:
-            yield process, port
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=5)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar.testing.elastic", "--port", str(port),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
-async def test_runs_standalone_until_interrupted(standalone: tuple[subprocess.Popen[bytes], int]) -> None:
+async def test_runs_standalone_until_interrupted(standalone: tuple[asyncio.subprocess.Process, int]) -> None:
     process, port = standalone
-    assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=10)
+    assert process.stdout is not None and process.stderr is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
     assert f"http://127.0.0.1:{port}".encode() in line
     async with AsyncElasticsearch(f"http://127.0.0.1:{port}") as client:
         assert (await client.info())["version"]["number"] == "9.1.0"
     process.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=5) == 0
-    assert process.stderr is not None and b"Traceback" not in process.stderr.read()
+    assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    assert b"Traceback" not in await process.stderr.read()
