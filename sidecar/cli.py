@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sidecar import __version__
-from sidecar.config import ENV_CONFIG_FILE, Config, ConfigError, KeyPath, load_config
+from sidecar.config import ENV_CONFIG_FILE, Config, ConfigError, KeyPath, default_data_dir, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -32,10 +32,24 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", metavar="FILE", help=f"YAML config file (default: ${ENV_CONFIG_FILE}, else built-in defaults)"
     )
-    run.add_argument("--upstream", metavar="URL", help="model server: http://HOST:PORT or unix:/path.sock")
-    run.add_argument("--listen", metavar="HOST:PORT", help="proxy listen address")
-    run.add_argument("--admin-listen", metavar="HOST:PORT", help="admin (metrics, health) listen address")
-    run.add_argument("--data-dir", metavar="DIR", help="directory for the sidecar's state")
+    # No argparse defaults: an unset flag leaves the config file's value in force, so the help
+    # shows the built-in defaults the flags fall back to.
+    run.add_argument(
+        "--upstream", metavar="URL",
+        help=f"model server: http://HOST:PORT or unix:/path.sock; sets upstream.url (default: {_default('upstream', 'url')})",
+    )  # fmt: skip
+    run.add_argument(
+        "--listen", metavar="HOST:PORT",
+        help=f"proxy listen address; sets proxy.listen (default: {_default('proxy', 'listen')})",
+    )  # fmt: skip
+    run.add_argument(
+        "--admin-listen", metavar="HOST:PORT",
+        help=f"admin listen address (metrics, health, status page); sets admin.listen (default: {_default('admin', 'listen')})",
+    )  # fmt: skip
+    run.add_argument(
+        "--data-dir", metavar="DIR",
+        help=f"directory for the sidecar's state (audit trail, rule state); sets data_dir (default: {default_data_dir()})",
+    )  # fmt: skip
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
@@ -107,6 +121,13 @@ def _build_parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
     return parser
+
+
+def _default(section: str, key: str) -> object:
+    """The built-in default of `section.key`, as a config file would spell it."""
+    section_model = Config.model_fields[section].annotation
+    assert section_model is not None
+    return section_model.model_fields[key].default
 
 
 def _flags(args: argparse.Namespace) -> dict[KeyPath, Any]:

@@ -1293,7 +1293,20 @@ def load_config(
     try:
         return Config.model_validate(layers.data)
     except ValidationError as exc:
-        raise ConfigError([_describe_error(error, layers) for error in exc.errors()]) from None
+        # pydantic reports in the model's field order; an operator reads the file top to bottom.
+        errors = sorted(exc.errors(), key=lambda error: _file_position(layers.origin_of(_error_location(error))))
+        raise ConfigError([_describe_error(error, layers) for error in errors]) from None
+
+
+def _file_position(origin: str | None) -> tuple[int, int, int]:
+    """Sort key for a problem's origin: file positions by line and column, then the environment, flags, defaults."""
+    found = re.search(r":(\d+):(\d+)$", origin or "")
+    return (0, int(found[1]), int(found[2])) if found else (1, 0, 0)
+
+
+def _error_location(error: Mapping[str, Any]) -> KeyPath:
+    # pydantic adds "function-after[...]" steps for validators; they are not keys in the file.
+    return tuple(k for k in error["loc"] if not (isinstance(k, str) and k.startswith("function-")))
 
 
 def _flag_name(key_path: KeyPath) -> str:
@@ -1495,7 +1508,7 @@ _PLAIN_EXPECTATIONS = {
 
 
 def _describe_error(error: Mapping[str, Any], layers: _Layers) -> str:
-    loc: KeyPath = tuple(k for k in error["loc"] if not (isinstance(k, str) and k.startswith("function-")))
+    loc = _error_location(error)
     origin = layers.origin_of(loc) or "default"
     where = _dotted(loc)
     if error["type"] == "extra_forbidden":

@@ -43,10 +43,10 @@ def test_defaults_need_no_file_and_no_services():
 def test_unknown_key_and_wrong_type_are_both_reported_with_their_paths(tmp_path):
     path = write(tmp_path, "proxy:\n  max_body: 10MiB\n  max_header_count: many\n")
     found = problems(path, env={})
-    assert len(found) == 2
-    assert f"{path}:2:13: proxy.max_body: unknown key; expected one of:" in found[1]
-    assert "(did you mean 'max_request_body'?)" in found[1]
-    assert found[0] == (
+    assert len(found) == 2  # in the order they appear in the file
+    assert f"{path}:2:13: proxy.max_body: unknown key; expected one of:" in found[0]
+    assert "(did you mean 'max_request_body'?)" in found[0]
+    assert found[1] == (
         f"{path}:3:21: proxy.max_header_count: got 'many'; "
         "expected an integer"
     )
