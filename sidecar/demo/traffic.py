@@ -1,8 +1,13 @@
-"""A short burst of mixed model-server traffic, in every protocol the sidecar reads."""
+"""A short burst of mixed model-server traffic, in every protocol the sidecar reads.
+
+    sent = await send_burst("http://127.0.0.1:8080", "sidecar-demo-tiny", api_key=key)
+    sent[0].trace_id   # each call carries a W3C traceparent of a fresh trace
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -15,6 +20,17 @@ class Call:
     method: str
     path: str
     body: dict | None
+
+
+@dataclass(frozen=True, order=True)
+class Sent:
+    """One call as it went: what the client saw, and the trace it started."""
+
+    label: str
+    status: int
+    seconds: float
+    size: int
+    trace_id: str
 
 
 def mixed_calls(model: str) -> list[Call]:
@@ -33,17 +49,38 @@ def mixed_calls(model: str) -> list[Call]:
     ]  # fmt: skip
 
 
-async def send_burst(base_url: str, model: str, rounds: int = 1) -> list[tuple[str, int, float, int]]:
-    """Send the mixed calls `rounds` times, concurrently; (label, status, seconds, bytes) for each."""
-    results: list[tuple[str, int, float, int]] = []
+def try_it_call(model: str) -> Call:
+    """The request the tour invites a user to send: a streamed chat of the server's default length."""
+    return Call("chat, streamed, default length", "POST", "/v1/chat/completions",
+                {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+
+
+def new_traceparent() -> tuple[str, str]:
+    """(trace id, traceparent header) of a new sampled trace, as an instrumented client starts one."""
+    trace_id = os.urandom(16).hex()
+    return trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-01"
+
+
+async def send_calls(base_url: str, calls: list[Call], *, api_key: str | None = None) -> list[Sent]:
+    """Send `calls` concurrently, each in a trace of its own and with `api_key` as a Bearer token."""
     async with aiohttp.ClientSession() as client:
 
-        async def one(call: Call) -> None:
+        async def one(call: Call) -> Sent:
+            trace_id, traceparent = new_traceparent()
+            headers = {"traceparent": traceparent}
+            if api_key:
+                headers["Authorization"] = f"Bearer {api_key}"
             started = time.perf_counter()
-            async with client.request(call.method, base_url + call.path, json=call.body) as response:
+            async with client.request(call.method, base_url + call.path, json=call.body, headers=headers) as response:
                 size = len(await response.read())
-            results.append((call.label, response.status, time.perf_counter() - started, size))
+            return Sent(call.label, response.status, time.perf_counter() - started, size, trace_id)
 
-        for _ in range(rounds):
-            await asyncio.gather(*(one(call) for call in mixed_calls(model)))
-    return results
+        return list(await asyncio.gather(*(one(call) for call in calls)))
+
+
+async def send_burst(base_url: str, model: str, rounds: int = 1, *, api_key: str | None = None) -> list[Sent]:
+    """Send the mixed calls `rounds` times, each round concurrently."""
+    sent: list[Sent] = []
+    for _ in range(rounds):
+        sent.extend(await send_calls(base_url, mixed_calls(model), api_key=api_key))
+    return sent
