@@ -32,6 +32,9 @@ fi
 # torch==2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,demo]' 'torch==2.13.0'
 
+# ECS's published field list, which the audit schema tests check records against.
+bash scripts/ecs-fields.sh "$VENV/bin/python"
+
 # pytest exits 5 when it collects no tests, which fails this script as it should.
 if (($# > 0)); then
     exec "$VENV/bin/python" -m pytest "$@"

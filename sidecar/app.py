@@ -233,16 +233,18 @@ class Sidecar:
             dataset=config.audit.elasticsearch.dataset,
             namespace=config.audit.elasticsearch.namespace,
             currency=config.gpu.cost.currency,
+            gen_ai_system=config.llm.provider_name or None,
         )
         try:
             self.audit = build_pipeline(config, identity, redactor)
             await self.audit.start(
                 Lifecycle(
                     action="sidecar-start",
-                    category=("process", "configuration"),
+                    category=("process",),
                     types=("start",),
                     message=f"sidecar {__version__} started",
                     at=time.time(),
+                    outcome="success",
                     sidecar={"config": {"sha256": _config_digest(config)}},
                 )
             )
@@ -656,6 +658,7 @@ class Sidecar:
                     types=("end",),
                     message="sidecar stopped",
                     at=time.time(),
+                    outcome="success",
                 )
             )
         if self._session is not None:
@@ -741,6 +744,7 @@ class Sidecar:
                     message=f"configuration reloaded: {len(changed)} key(s) changed",
                     at=time.time(),
                     reason="SIGHUP",
+                    outcome="success",
                     sidecar={
                         "config": {
                             "changed": changed or None,
@@ -850,11 +854,11 @@ def alert_record(alert: Alert, at: float) -> Lifecycle:
     firing = alert.state is AlertState.FIRING
     return Lifecycle(
         action="alert-firing" if firing else "alert-resolved",
+        # ECS expects `info` with both categories; firing or resolved is in the action. No outcome on alerts.
         category=("host",) if "gpu" in alert.labels else ("web",),
-        types=("start",) if firing else ("end",),
+        types=("info",),
         message=alert.annotations.get("summary") or f"alert {alert.name} {alert.state.value}",
         at=at,
-        outcome="success",
         kind="alert",
         rule={
             "name": alert.name,
@@ -907,11 +911,12 @@ def _gpu_event_recorder(audit: AuditPipeline) -> Callable[[GpuEvent], None]:
         audit.record(
             Lifecycle(
                 action="gpu-" + event.kind.removeprefix("gpu_").replace("_", "-"),
+                # What the sidecar saw of a GPU, not an attempt of its own: no outcome. A GPU lost,
+                # gone stale or back is a change of the host; an XID or a slow read is a report.
                 category=("host",),
-                types=("info",) if event.kind == "recovered" else ("error",),
+                types=("info",) if event.kind in ("xid", "read_timeout") else ("change",),
                 message=event.message,
                 at=event.at,
-                outcome="success" if event.kind == "recovered" else "failure",
                 sidecar={"gpu_event": {"gpu": event.gpu, "uuid": event.uuid, "xid": event.xid}},
             )
         )

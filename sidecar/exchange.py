@@ -146,12 +146,14 @@ class Exchange:
 
     request_id: str
     started_at: float
-    # Request, as the client sent it.
+    # Request, as the client sent it. Method, path, query, host and HTTP version are empty when
+    # the HTTP parser refused the request before handing its request line on (a 431, say).
     method: str
     path: str
     query: str
     scheme: str
     host: str
+    """The Host header as sent (with its port, if any)."""
     http_version: str
     client_address: str | None
     user_agent: str | None
@@ -193,6 +195,8 @@ class Exchange:
     """Body digests or heads, only when the audit keeps them."""
     usage: GpuUsage | None = None
     """GPU time, energy and cost attributed to this request, when GPU metrics are on."""
+    client_port: int | None = None
+    """Port of the peer that connected, beside `client_address`."""
 
     @property
     def is_server_error(self) -> bool:
@@ -275,6 +279,8 @@ class GpuSample:
     """NVIDIA driver version (DCGM_FI_DRIVER_VERSION); empty when unknown."""
     error: str | None = None
     """Why state is not ok, or which reads failed."""
+    simulated: bool = False
+    """Read from a simulated GPU (gpu.nvml.simulate), not from hardware."""
 
 
 @dataclass(frozen=True, slots=True)

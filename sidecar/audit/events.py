@@ -2,8 +2,10 @@
 
 These functions run on the audit writer thread, never on the request path.
 They produce plain nested dicts (as Elasticsearch stores `_source`) with
-absent values left out; redaction, sequencing and hashing come after, in the
-pipeline. Every field written here is listed in `audit/schema.py`.
+absent values left out: a value the sidecar does not know is never filled in.
+Redaction, sequencing and hashing come after, in the pipeline. Every field
+written here is listed in `audit/schema.py`; how records are categorised for
+ECS is in docs/audit-schema.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class AuditIdentity:
     namespace: str
     currency: str = "USD"
     """Of the cost fields."""
+    gen_ai_system: str | None = None
+    """ECS gen_ai.system: the model server product as configured (`llm.provider_name`)."""
 
 
 def iso_time(seconds: float) -> str:
@@ -54,11 +58,17 @@ def _base(identity: AuditIdentity, timestamp: float) -> dict[str, Any]:
     }
 
 
-# Refused credentials are authentication events too, so an auditor's `event.category:authentication`
-# query finds every failed login, whatever the request was.
+# Refused credentials are a failed authentication (a session that did not start), so an auditor's
+# `event.category:authentication` query finds every one. ECS expects no type with both `web` and
+# `authentication` but `info`, which is for records of no attempt; so these are not `web` records.
 _AUTH_ERRORS = frozenset({"unauthenticated", "forbidden"})
-_AUTH_CATEGORIES = ("web", "authentication")
+_AUTH_CATEGORIES = ("authentication",)
+_AUTH_TYPES = ("start",)
 _WEB_CATEGORIES = ("web",)
+# The client's own doing: refused by the sidecar, or left before the answer. Not an `error` of the service.
+_CLIENT_SIDE = frozenset({Outcome.COMPLETED, Outcome.REJECTED, Outcome.CLIENT_CLOSED})
+_INT_MAX = 2**31 - 1
+"""ECS maps token counts as `integer`; Elasticsearch refuses a document holding a larger one."""
 
 
 def _event_outcome(exchange: Exchange) -> str:
@@ -70,22 +80,55 @@ def _event_outcome(exchange: Exchange) -> str:
 
 
 def _event_types(exchange: Exchange) -> list[str]:
-    if exchange.outcome is Outcome.REJECTED and exchange.status in (401, 403, 429):
-        return ["access", "denied"]
-    if exchange.error_type is not None or exchange.status >= 500:
+    # ECS expects `access`, `error` and `info` with `web`: a refusal (401, 429) is an access that failed.
+    if exchange.status >= 500 or exchange.outcome not in _CLIENT_SIDE:
         return ["access", "error"]
     return ["access"]
 
 
 @functools.lru_cache(maxsize=4096)
-def _split_address(address: str | None) -> tuple[str | None, int | None]:
+def _split_address(address: str | None) -> str | None:
     """aiohttp's `request.remote` is a bare IP; anything else (a unix socket) is not an `ip`."""
     if not address:
-        return None, None
+        return None
     try:
-        return str(ipaddress.ip_address(address)), None
+        return str(ipaddress.ip_address(address))
     except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_host(host: str) -> tuple[str | None, int | None]:
+    """ECS url.domain and url.port from a Host header: `name[:port]` or `[IPv6][:port]`.
+
+    A value that is neither is left out whole rather than guessed at. Cached: a
+    sidecar sees a handful of Host values, and this runs on the writer thread.
+    """
+    if host.startswith("["):
+        close = host.find("]")
+        if close < 2:
+            return None, None
+        domain, rest = host[: close + 1], host[close + 1 :]
+        if not rest:
+            return domain, None
+        if rest[0] != ":":
+            return None, None
+        port_text = rest[1:]
+    else:
+        domain, colon, port_text = host.partition(":")
+        if not domain or ":" in port_text:
+            return None, None
+        if not colon:
+            return domain, None
+    if not port_text:
+        return domain, None  # RFC 3986 allows an empty port: the scheme's default
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         return None, None
+    return domain, int(port_text)
+
+
+def _count(tokens: int | None) -> int | None:
+    return tokens if tokens is not None and 0 <= tokens <= _INT_MAX else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -112,12 +155,19 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
     end = exchange.started_at + exchange.duration_s
     gen_ai = exchange.gen_ai
     principal = exchange.principal
-    client_ip, client_port = _split_address(exchange.client_address)
-    doc["message"] = f"{exchange.method} {exchange.path} {exchange.status}"
+    client_ip = _split_address(exchange.client_address)
+    domain, port = _split_host(exchange.host) if exchange.host else (None, None)
+    refused_credentials = exchange.error_type in _AUTH_ERRORS
+    # An empty method means the request line was never read (the HTTP parser refused the request).
+    doc["message"] = (
+        f"{exchange.method} {exchange.path} {exchange.status}"
+        if exchange.method
+        else f"{exchange.status} {exchange.error_type or 'request not read'}"
+    )
     doc["event"] = {
         "kind": "event",
-        "category": list(_AUTH_CATEGORIES if exchange.error_type in _AUTH_ERRORS else _WEB_CATEGORIES),
-        "type": _event_types(exchange),
+        "category": list(_AUTH_CATEGORIES if refused_credentials else _WEB_CATEGORIES),
+        "type": list(_AUTH_TYPES) if refused_credentials else _event_types(exchange),
         "action": "model-call" if gen_ai is not None else "http-request",
         "outcome": _event_outcome(exchange),
         "duration": int(exchange.duration_s * 1e9),
@@ -130,31 +180,36 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
     doc["span"] = {"id": exchange.span_id}
     doc["user"] = {"id": principal.user, "name": principal.user}
     doc["organization"] = {"id": principal.tenant}
+    client_port = exchange.client_port if client_ip is not None else None
     doc["client"] = {"ip": client_ip, "port": client_port}
-    doc["source"] = {"ip": client_ip}
+    doc["source"] = {"ip": client_ip, "port": client_port}
     doc["user_agent"] = {"original": exchange.user_agent}
+    # No http.*.mime_type: ECS derives it from the body's content, never from Content-Type.
     doc["http"] = {
-        "version": exchange.http_version,
+        "version": exchange.http_version or None,
         "request": {
             "id": exchange.request_id or None,
-            "method": exchange.method,
-            "mime_type": exchange.request_content_type,
+            "method": exchange.method or None,
             "body": {"bytes": exchange.request_body_bytes},
         },
         "response": {
             "status_code": exchange.status,
-            "mime_type": exchange.response_content_type,
             "body": {"bytes": exchange.response_body_bytes},
         },
     }
     doc["url"] = {
-        "path": exchange.path,
+        "path": exchange.path or None,
         "query": exchange.query or None,
         "scheme": exchange.scheme,
-        "domain": exchange.host or None,
+        "domain": domain,
+        "port": port,
     }
     doc["error"] = {"type": exchange.error_type, "message": exchange.error_message}
     sidecar = doc["sidecar"]
+    sidecar["http"] = {
+        "request": {"content_type": exchange.request_content_type},
+        "response": {"content_type": exchange.response_content_type},
+    }
     sidecar["outcome"] = exchange.outcome.value
     sidecar["route"] = exchange.route
     sidecar["upstream"] = {"url": exchange.upstream, "status_code": exchange.upstream_status}
@@ -171,17 +226,17 @@ def exchange_document(exchange: Exchange, identity: AuditIdentity, created: floa
     if gen_ai is not None:
         doc["gen_ai"] = {
             "operation": {"name": gen_ai.operation},
+            "system": identity.gen_ai_system,
             "request": {"model": gen_ai.request_model},
-            "response": {
-                "model": gen_ai.response_model,
-                "finish_reasons": list(gen_ai.finish_reasons) or None,
-            },
-            "usage": {"input_tokens": gen_ai.input_tokens, "output_tokens": gen_ai.output_tokens},
+            "response": {"model": gen_ai.response_model},
+            "usage": {"input_tokens": _count(gen_ai.input_tokens), "output_tokens": _count(gen_ai.output_tokens)},
         }
         sidecar["timing"]["time_to_first_token_ms"] = _ms(gen_ai.time_to_first_token_s)
         sidecar["timing"]["time_per_output_token_ms"] = _ms(gen_ai.time_per_output_token_s)
         sidecar["gen_ai"] = {
             "protocol": gen_ai.protocol,
+            # ECS's gen_ai.response.finish_reasons is mapped `nested`, which cannot hold strings.
+            "finish_reasons": list(gen_ai.finish_reasons) or None,
             "stream": gen_ai.stream,
             "input_token_source": gen_ai.input_token_source.value,
             "output_token_source": gen_ai.output_token_source.value,
@@ -221,12 +276,15 @@ def lifecycle_document(
     types: list[str],
     message: str,
     reason: str | None = None,
-    outcome: str = "success",
+    outcome: str | None = None,
     sidecar: dict[str, Any] | None = None,
     kind: str = "event",
     rule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A document for something other than a request: start, stop, reload, checkpoint, drops."""
+    """A document for something other than a request: start, stop, reload, checkpoint, drops.
+
+    `outcome` only for a record of an attempt (a start, a reload); ECS leaves it out elsewhere.
+    """
     doc = _base(identity, at)
     doc["message"] = message
     doc["event"] = {

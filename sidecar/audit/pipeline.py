@@ -72,7 +72,8 @@ class Lifecycle:
     message: str
     at: float
     reason: str | None = None
-    outcome: str = "success"
+    outcome: str | None = None
+    """ECS event.outcome, for a record of an attempt (start, stop, reload); None where none makes sense."""
     sidecar: dict[str, Any] | None = None
     kind: str = "event"
     """ECS event.kind: `event`, or `alert` for an alert rule's firing and resolution."""
@@ -278,11 +279,11 @@ class AuditPipeline:
             self._enqueue(
                 Lifecycle(
                     action="audit-spool-recovered",
+                    # ECS expects no `error` with `process`; the action and the byte count say what happened.
                     category=("process",),
-                    types=("error",),
+                    types=("info",),
                     message=f"audit spool recovery set aside {self.stats.quarantined_bytes} corrupt bytes",
                     at=self._clock(),
-                    outcome="failure",
                     sidecar={"audit": {"quarantined_bytes": self.stats.quarantined_bytes}},
                 )
             )
@@ -470,9 +471,8 @@ class AuditPipeline:
                 pipeline._clock(),
                 action="audit-events-dropped",
                 category=["process"],
-                types=["error"],
+                types=["info"],
                 message=f"{count} audit event(s) were dropped (policy {pipeline.settings.when_full})",
-                outcome="failure",
                 sidecar={"audit": {"dropped_events": count}},
             ),
             reports_dropped=count,
@@ -657,6 +657,7 @@ class AuditPipeline:
                 types=("change",),
                 message=message,
                 at=until,
+                outcome="success",
                 sidecar={"audit": {"sink": sink.name, "stalled_seconds": round(stalled, 3)}},
             )
         )

@@ -5,11 +5,12 @@ One table serves three readers: the Elasticsearch index template that
 (`docs/audit-schema.md`, generated from this table and checked by a test), and
 the tests that require every field the sidecar writes to be listed here.
 
-Field names follow the Elastic Common Schema where ECS has one; the
-sidecar's own fields live under `sidecar.*`. Types are chosen for the
-queries auditors run: identifiers, names and paths are `keyword` (exact
-match, aggregations), free text is `match_only_text` with a keyword
-sub-field, times are `date`, addresses are `ip`.
+A field outside the custom namespace (`sidecar.*`) is an ECS field of the
+version in `ECS_VERSION`, with ECS's type and multi-fields, so that these
+indices sit beside ECS-mapped ones without conflicts; docs/audit-schema.md
+says why that version. The custom fields' types are chosen for the queries
+auditors run: identifiers and names are `keyword`, free text is
+`match_only_text`, times are `date`, addresses are `ip`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 """Bumped when a field changes meaning or type; new optional fields do not bump it."""
-ECS_VERSION = "8.17.0"
+ECS_VERSION = "9.4.0"
+CUSTOM_NAMESPACE = "sidecar"
+"""Every field that is not ECS's lives under this name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +32,17 @@ class AuditField:
     description: str
     redacted: bool = False
     """Free text that passes through redaction before it is stored."""
+    multi_fields: tuple[tuple[str, str], ...] = ()
+    """(sub-field name, type) pairs, as ECS declares them for the field."""
 
 
 _KEYWORD = "keyword"
 _TEXT = "match_only_text"
+_TEXT_SUBFIELD = (("text", _TEXT),)
 
 FIELDS: tuple[AuditField, ...] = (
-    AuditField("@timestamp", "date", "When the request reached the sidecar (UTC, nanosecond precision)."),
+    AuditField("@timestamp", "date", "When the request reached the sidecar (UTC; microseconds in the document, "
+               "milliseconds in the index, as ECS maps it; `event.sequence` orders records within a millisecond)."),
     AuditField("message", _TEXT, "One-line summary, e.g. `POST /v1/chat/completions 200`.", redacted=True),
     AuditField("ecs.version", _KEYWORD, "ECS version the document follows."),
     AuditField("data_stream.type", "constant_keyword", "Always `logs`."),
@@ -43,8 +50,10 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("data_stream.namespace", "constant_keyword", "`audit.elasticsearch.namespace`, default `default`."),
     AuditField("event.kind", _KEYWORD, "`event` for requests and lifecycle events, `state` for checkpoints, "
                "`alert` for alerts firing and resolving."),
-    AuditField("event.category", _KEYWORD, "ECS categories: `web` for requests (plus `authentication` for refused credentials), `configuration`, `process`."),
-    AuditField("event.type", _KEYWORD, "ECS types: `access`, `error`, `denied`, `change`, `start`, `end`, `info`."),
+    AuditField("event.category", _KEYWORD, "`web` for requests, `authentication` for requests refused for their "
+               "credentials, `process`, `configuration`, `host` (see the table above)."),
+    AuditField("event.type", _KEYWORD, "A type ECS expects with the category: `access` (plus `error` for failures "
+               "of the service), `start`, `end`, `change`, `info`."),
     AuditField(
         "event.action",
         _KEYWORD,
@@ -53,7 +62,9 @@ FIELDS: tuple[AuditField, ...] = (
         "`gpu-lost`, `gpu-nvml-unavailable`, `gpu-driver-reloaded`, `gpu-recovered`, `gpu-read-timeout`, `gpu-stale`, "
         "`alert-firing`, `alert-resolved`.",
     ),
-    AuditField("event.outcome", _KEYWORD, "`success`, `failure` (4xx/5xx, timeouts, upstream errors) or `unknown`."),
+    AuditField("event.outcome", _KEYWORD, "Requests: `success`, `failure` (4xx/5xx, timeouts, upstream errors) or "
+               "`unknown` (the client left first); `success` for start, stop, reload and a sink's recovery; absent "
+               "on alerts and on records of type `info`, which report no attempt."),
     AuditField("event.reason", _KEYWORD, "Why a non-request event happened, e.g. the reload's cause."),
     AuditField("event.duration", "long", "Request duration in nanoseconds."),
     AuditField("event.id", _KEYWORD, "Unique id of this document (random, 128 bits)."),
@@ -69,33 +80,37 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("service.version", _KEYWORD, "Sidecar version."),
     AuditField("host.name", _KEYWORD, "Host (pod) name."),
     AuditField("user.id", _KEYWORD, "Authenticated user id; absent for anonymous requests."),
-    AuditField("user.name", _KEYWORD, "Authenticated user name; absent for anonymous requests."),
+    AuditField("user.name", _KEYWORD, "Authenticated user name; absent for anonymous requests.",
+               multi_fields=_TEXT_SUBFIELD),
     AuditField("organization.id", _KEYWORD, "Tenant of the caller; absent for anonymous requests."),
     AuditField("client.ip", "ip", "Address of the peer that connected to the sidecar."),
     AuditField("client.port", "long", "Port of that peer."),
     AuditField("source.ip", "ip", "Same as client.ip (ECS asks for both)."),
-    AuditField("user_agent.original", _KEYWORD, "User-Agent header.", redacted=True),
-    AuditField("http.version", _KEYWORD, "HTTP version of the client's request."),
+    AuditField("source.port", "long", "Same as client.port."),
+    AuditField("user_agent.original", _KEYWORD, "User-Agent header.", redacted=True, multi_fields=_TEXT_SUBFIELD),
+    AuditField("http.version", _KEYWORD, "HTTP version of the client's request; absent when the request line was "
+               "not read (a request the HTTP parser refused)."),
     AuditField("http.request.id", _KEYWORD, "Request id (the `proxy.request_id_header` value)."),
-    AuditField("http.request.method", _KEYWORD, "HTTP method."),
-    AuditField("http.request.mime_type", _KEYWORD, "Request Content-Type."),
+    AuditField("http.request.method", _KEYWORD, "HTTP method; absent when the request line was not read."),
     AuditField("http.request.body.bytes", "long", "Request body size as received."),
     AuditField("http.response.status_code", "long", "Status the client received (499: client left first)."),
-    AuditField("http.response.mime_type", _KEYWORD, "Response Content-Type."),
     AuditField("http.response.body.bytes", "long", "Response body bytes relayed to the client."),
-    AuditField("url.path", _KEYWORD, "Request path.", redacted=True),
+    AuditField("url.path", "wildcard", "Request path; absent when the request line was not read.", redacted=True),
     AuditField("url.query", _KEYWORD, "Query string (credentials and personal data masked).", redacted=True),
     AuditField("url.scheme", _KEYWORD, "`http` or `https`."),
-    AuditField("url.domain", _KEYWORD, "Host the client asked for.", redacted=True),
+    AuditField("url.domain", _KEYWORD, "Host the client asked for (Host header without its port; an IPv6 literal "
+               "keeps its brackets); absent without a readable Host.", redacted=True),
+    AuditField("url.port", "long", "Port in the Host header, when it names one."),
     AuditField("error.type", _KEYWORD, "Sidecar error code, e.g. `upstream_timeout`, `request_body_too_large`."),
     AuditField("error.message", _TEXT, "What went wrong, in words.", redacted=True),
-    AuditField("gen_ai.operation.name", _KEYWORD, "`chat`, `text_completion`, `embeddings` or `predict`."),
-    AuditField("gen_ai.provider.name", _KEYWORD, "`llm.provider_name` when set."),
-    AuditField("gen_ai.request.model", _KEYWORD, "Model the client asked for."),
-    AuditField("gen_ai.response.model", _KEYWORD, "Model that answered."),
-    AuditField("gen_ai.usage.input_tokens", "long", "Prompt tokens."),
-    AuditField("gen_ai.usage.output_tokens", "long", "Completion tokens."),
-    AuditField("gen_ai.response.finish_reasons", _KEYWORD, "Why generation stopped, per choice."),
+    AuditField("gen_ai.operation.name", _KEYWORD, "`chat`, `text_completion`, `embeddings` or `predict`. (ECS beta.)"),
+    AuditField("gen_ai.system", _KEYWORD, "`llm.provider_name` (e.g. `vllm`) when set; never guessed from the "
+               "protocol. (ECS beta.)"),
+    AuditField("gen_ai.request.model", _KEYWORD, "Model the client asked for. (ECS beta.)"),
+    AuditField("gen_ai.response.model", _KEYWORD, "Model that answered. (ECS beta.)"),
+    AuditField("gen_ai.usage.input_tokens", "integer", "Prompt tokens; absent when unknown or past an "
+               "integer's range. (ECS beta.)"),
+    AuditField("gen_ai.usage.output_tokens", "integer", "Completion tokens, likewise. (ECS beta.)"),
     AuditField("sidecar.schema_version", _KEYWORD, "Version of this schema."),
     AuditField("sidecar.outcome", _KEYWORD, "How the exchange ended: completed, client_closed, rejected, "
                "upstream_unavailable, upstream_timeout, upstream_error, aborted."),  # fmt: skip
@@ -112,7 +127,12 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.timing.time_to_first_token_ms", "float", "Request start to first content chunk (streams)."),
     AuditField("sidecar.timing.time_per_output_token_ms", "float", "Mean time between output tokens (streams)."),
     AuditField("sidecar.timing.proxy_overhead_ms", "float", "Time spent inside the sidecar itself."),
+    AuditField("sidecar.http.request.content_type", _KEYWORD, "The request's Content-Type header, as sent "
+               "(what it claims, not what the body is).", redacted=True),
+    AuditField("sidecar.http.response.content_type", _KEYWORD, "The response's Content-Type header, as relayed."),
     AuditField("sidecar.gen_ai.protocol", _KEYWORD, "Wire protocol recognised: openai, kserve, tgi, ollama."),
+    AuditField("sidecar.gen_ai.finish_reasons", _KEYWORD, "Why generation stopped, per choice, as the server said "
+               "(ECS's `gen_ai.response.finish_reasons` is mapped `nested`, which cannot hold strings)."),
     AuditField("sidecar.gen_ai.stream", "boolean", "Whether the answer was streamed."),
     AuditField("sidecar.gen_ai.input_token_source", _KEYWORD, "`reported` by the server or `counted`."),
     AuditField("sidecar.gen_ai.output_token_source", _KEYWORD, "`reported` by the server or `counted`."),
@@ -142,7 +162,7 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.config.restart_required", _KEYWORD, "Changed keys that wait for a restart."),
     AuditField("sidecar.config.sha256", _KEYWORD, "Digest of the effective configuration."),
     AuditField("rule.name", _KEYWORD, "The alert rule (alertname) of an `alert-firing` or `alert-resolved` event."),
-    AuditField("rule.description", _TEXT, "The alert's summary annotation."),
+    AuditField("rule.description", _KEYWORD, "The alert's summary annotation."),
     AuditField("rule.ruleset", _KEYWORD, "`sidecar` for configured and default rules, `slo:<name>` for burn-rate alerts."),
     AuditField("sidecar.alert.state", _KEYWORD, "`firing` or `resolved`."),
     AuditField("sidecar.alert.severity", _KEYWORD, "The alert's severity label."),
@@ -159,6 +179,15 @@ FIELDS: tuple[AuditField, ...] = (
     AuditField("sidecar.audit.stalled_seconds", "double",
                "How long records waited with none delivered, up to the delivery that ended it (`@timestamp`)."),
 )
+
+
+GENERATED_BEGIN = "<!-- begin: generated from sidecar/audit/schema.py (schema_tables) -->"
+GENERATED_END = "<!-- end: generated -->"
+
+
+def is_custom(name: str) -> bool:
+    """Whether `name` is one of the sidecar's own fields rather than an ECS field."""
+    return name.startswith(CUSTOM_NAMESPACE + ".")
 
 
 def field_names() -> frozenset[str]:
@@ -178,39 +207,30 @@ def es_mappings() -> dict[str, Any]:
         for parent in parents:
             node = node.setdefault(parent, {"properties": {}})["properties"]
         mapping: dict[str, Any] = {"type": field.es_type}
-        if field.es_type == "date":
-            mapping["type"] = "date_nanos" if field.name in ("@timestamp", "event.start", "event.end") else "date"
-        if field.es_type == _TEXT:
-            mapping["fields"] = {"keyword": {"type": "keyword", "ignore_above": 1024}}
-        elif field.es_type == _KEYWORD:
+        if field.es_type == _KEYWORD:
             mapping["ignore_above"] = 4096
+        if field.multi_fields:
+            mapping["fields"] = {name: {"type": es_type} for name, es_type in field.multi_fields}
         node[leaf] = mapping
     # Unknown fields are kept in _source but not indexed, so a newer sidecar
     # writing a field this template does not know never fails a bulk request.
     return {"dynamic": False, "properties": properties}
 
 
-def schema_reference() -> str:
-    """The schema in Markdown; `docs/audit-schema.md` holds this text."""
-    lines = [
-        "# Audit document schema",
-        "",
-        "Generated from `sidecar/audit/schema.py`; do not edit by hand.",
-        "",
-        f"Schema version **{SCHEMA_VERSION}** (`sidecar.schema_version`), ECS {ECS_VERSION}. "
-        "Fields marked *redacted* pass through the redaction step before they are stored. "
-        "Absent values are omitted, never written as null.",
-        "",
-        "Tamper evidence: `event.hash` is the SHA-256 (hex) of the document's canonical JSON "
-        "(keys sorted, no whitespace, UTF-8, `event.hash` removed), and `sidecar.chain.prev_hash` is the "
-        "previous document's `event.hash` (64 zeros for the first), so each document commits to every one "
-        "before it. A checkpoint document signs `{instance, sequence, head_hash, time}` (canonical JSON of "
-        "`sidecar.checkpoint` without `signature`, plus `service.node.name`).",
-        "",
-        "| field | type | meaning |",
-        "|---|---|---|",
-    ]
+def schema_tables() -> str:
+    """The field tables of docs/audit-schema.md, the text between its generated markers."""
+    lines = ["", f"## ECS fields (ECS {ECS_VERSION})", "", "| field | type | meaning |", "|---|---|---|"]
     for field in FIELDS:
-        note = " *redacted*" if field.redacted else ""
-        lines.append(f"| `{field.name}` | {field.es_type} | {field.description}{note} |")
+        if not is_custom(field.name):
+            lines.append(_row(field))
+    lines += ["", f"## Custom fields (`{CUSTOM_NAMESPACE}.*`)", "", "| field | type | meaning |", "|---|---|---|"]
+    for field in FIELDS:
+        if is_custom(field.name):
+            lines.append(_row(field))
     return "\n".join(lines) + "\n"
+
+
+def _row(field: AuditField) -> str:
+    kind = field.es_type + "".join(f", `.{name}`: {es_type}" for name, es_type in field.multi_fields)
+    note = " *redacted*" if field.redacted else ""
+    return f"| `{field.name}` | {kind} | {field.description}{note} |"

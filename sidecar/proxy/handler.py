@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -61,8 +62,9 @@ _HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (0, 9): "0.9"}
 _PROXIED_VERSIONS = frozenset({(1, 1), (1, 0)})
 
 
-UsageOf = Callable[[float, float, GenAiCall | None], GpuUsage | None]
-"""(start time, duration, model call) -> the request's GPU usage, or None when unknown."""
+UsageOf = Callable[[float, float, GenAiCall | None, bool], GpuUsage | None]
+"""(when the request reached the model server, seconds it spent there, model call, whether the model
+server processed it) -> the request's GPU usage, or None when unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,13 @@ class _ClientWriteFailed(Exception):
     """A write to the client failed while the relay was waiting on the upstream."""
 
 
+def _peer_port(request: web.BaseRequest) -> int | None:
+    """The client's port: peername is (host, port) or (host, port, flow, scope); a unix socket has none."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[1] if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int) else None
+
+
 class _Flight:
     """Mutable facts about one request while it is in flight; frozen into an Exchange at the end."""
 
@@ -166,6 +175,9 @@ class _Flight:
         "principal",
         "admission",
         "facts",
+        "client_port",
+        "forwarded",
+        "processed",
     )
 
     def __init__(self) -> None:
@@ -202,6 +214,11 @@ class _Flight:
         self.admission: Admission = NOT_LIMITED
         # Read before forwarding when an access check needed the model or the stream flag.
         self.facts: RequestFacts | None = None
+        # When the request went to the model server (perf_counter), and whether it got there: a request
+        # the sidecar refused, or one the model server never received, is charged no GPU time.
+        self.forwarded: float | None = None
+        self.processed = True
+        self.client_port: int | None = None
 
     @property
     def response_started(self) -> bool:
@@ -240,9 +257,10 @@ class _Flight:
                 logger.exception("reading a model call failed", extra={"route": self.route})
         duration = end - start
         gpu_usage = None
-        if usage is not None:
+        forwarded = self.forwarded
+        if usage is not None and forwarded is not None:
             try:
-                gpu_usage = usage(self.start_ns / 1e9, duration, gen_ai)
+                gpu_usage = usage(self.start_ns / 1e9 + (forwarded - start), end - forwarded, gen_ai, self.processed)
             except Exception:
                 logger.exception("attributing GPU usage failed")
         return Exchange(
@@ -255,6 +273,7 @@ class _Flight:
             host=well_formed(request.host),
             http_version=_HTTP_VERSIONS.get(tuple(request.version), "1.1"),
             client_address=request.remote,
+            client_port=self.client_port,
             user_agent=well_formed(headers.get("User-Agent")),
             request_content_type=well_formed(headers.get("Content-Type")),
             request_body_bytes=self.request_body_bytes,
@@ -313,10 +332,12 @@ class ProxyHandler:
         self._admission = admission
         self._settle = settle
         self._active = 0
-        # The integral of requests in flight over wall time, kept exactly at each
-        # start and end: GPU attribution divides energy by it.
+        # Requests at the model server, and over wall time their integral and the time with at least
+        # one there, kept exactly at each start and end: GPU attribution shares energy by them.
+        self._upstream_active = 0
         self._request_seconds = 0.0
-        self._active_since = time.time()
+        self._occupied_seconds = 0.0
+        self._upstream_since = time.time()
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
@@ -328,14 +349,23 @@ class ProxyHandler:
         return self._active
 
     def request_seconds(self) -> float:
-        """Seconds of requests in flight, summed over requests, since the handler was built."""
-        return self._request_seconds + self._active * (time.time() - self._active_since)
+        """Seconds of requests at the model server, summed over requests, since the handler was built."""
+        return self._request_seconds + self._upstream_active * (time.time() - self._upstream_since)
 
-    def _count_active(self, change: int) -> None:
+    def occupied_seconds(self) -> float:
+        """Seconds during which at least one request was at the model server, since the handler was built.
+        Safe to call from other threads (a simulated GPU's): the reading may lag by one change."""
+        active, since, total = self._upstream_active, self._upstream_since, self._occupied_seconds
+        return total + (time.time() - since if active else 0.0)
+
+    def _count_upstream(self, change: int) -> None:
         now = time.time()
-        self._request_seconds += self._active * (now - self._active_since)
-        self._active_since = now
-        self._active += change
+        elapsed = now - self._upstream_since
+        self._request_seconds += self._upstream_active * elapsed
+        if self._upstream_active:
+            self._occupied_seconds += elapsed
+        self._upstream_since = now
+        self._upstream_active += change
 
     @property
     def draining(self) -> bool:
@@ -364,17 +394,22 @@ class ProxyHandler:
     def reject_unparsable(self, request: web.BaseRequest, status: int, error_type: str, message: str) -> None:
         """Record a request that aiohttp's parser refused before it reached `__call__`."""
         flight = _Flight()
+        flight.client_port = _peer_port(request)
         flight.fail(Outcome.REJECTED, error_type, message, status)
         flight.response_content_type = "application/json"
-        self._publish(flight.exchange(request, self.settings, self._usage))
+        exchange = flight.exchange(request, self.settings, self._usage)
+        # `request` is aiohttp's stand-in (UNKNOWN / HTTP/1.0, no headers): nothing of the client's
+        # request line or Host is known, so none of it goes on record.
+        self._publish(dataclasses.replace(exchange, method="", path="", query="", host="", http_version=""))
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         settings = self.settings
         flight = _Flight()
+        flight.client_port = _peer_port(request)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        self._count_active(1)
+        self._active += 1
         self._idle.clear()
         try:
             response = await self._forward(request, settings, flight)
@@ -395,7 +430,9 @@ class ProxyHandler:
         finally:
             if task is not None:
                 self._tasks.discard(task)
-            self._count_active(-1)
+            self._active -= 1
+            if flight.forwarded is not None:
+                self._count_upstream(-1)
             if not self._active:
                 self._idle.set()
             if not flight.published:
@@ -406,6 +443,9 @@ class ProxyHandler:
     ) -> None:
         """Freeze the flight into its Exchange, end the span, publish; with `settle`, wait for the record."""
         flight.published = True
+        if flight.span is None and self._tracing is not None:
+            # Refused before its span would start (401, 413, 431, ...): the caller's trace still goes on record.
+            flight.span = self._tracing.caller_context(request.headers, flight.start_ns)
         exchange = flight.exchange(request, settings, self._usage)
         if flight.admission is not NOT_LIMITED and self.access is not None:
             try:
@@ -621,7 +661,9 @@ class ProxyHandler:
         if flight.span is not None and tracing is not None:
             tracing.inject(flight.span, upstream_headers)
         url = URL(settings.upstream_prefix + raw_path, encoded=True)
-        flight.overhead = time.perf_counter() - flight.start
+        flight.forwarded = time.perf_counter()
+        flight.overhead = flight.forwarded - flight.start
+        self._count_upstream(1)
         # aiohttp's read timeout only starts once the whole body is written; an
         # upstream that stops reading a streamed (large) body would hang the
         # request. This deadline covers the send: the body stream pushes it back
@@ -709,6 +751,11 @@ class ProxyHandler:
         return body
 
     def _upstream_failed(self, exc: Exception, flight: _Flight, settings: ProxySettings) -> web.Response:
+        # The model server never had the whole request: it could not be reached, or the body did not arrive.
+        flight.processed = not (
+            flight.client_body_failed or flight.client_body_timed_out or flight.body_too_large
+            or isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError)
+        )  # fmt: skip
         if flight.client_body_failed:
             return self._client_gone(flight)
         if flight.client_body_timed_out:

@@ -239,6 +239,18 @@ class Tracing:
         tracestate = _unheld_tracestate(headers, parent)
         return ServerSpan(span, parent, start_ns, caller_tracestate=tracestate)  # type: ignore[arg-type]
 
+    def caller_context(self, headers: CIMultiDictProxy[str], start_ns: int) -> ServerSpan:
+        """The caller's trace context alone, for a request refused before its span would start.
+
+        No span of the sidecar's own (`finish` ignores it), only the caller's ids for the records;
+        an unreadable traceparent gives none.
+        """
+        try:
+            parent = self._trace_context.extract(headers, getter=_ALL_HEADER_LINES)
+        except Exception:
+            parent = Context()
+        return ServerSpan(trace.get_current_span(parent), parent, start_ns, own=False)  # type: ignore[arg-type]
+
     def inject(self, server_span: ServerSpan, headers: CIMultiDict[str]) -> None:
         """Write `traceparent` (parent: the server span) and `tracestate` into upstream headers."""
         if not server_span.own:

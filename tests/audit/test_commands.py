@@ -47,7 +47,8 @@ async def test_es_setup_installs_policy_template_and_data_stream_idempotently(el
     mappings = elastic.mappings(TARGET)["properties"]
     assert mappings["client"]["properties"]["ip"]["type"] == "ip"
     assert mappings["event"]["properties"]["sequence"]["type"] == "long"
-    assert mappings["@timestamp"]["type"] == "date_nanos"
+    assert mappings["@timestamp"]["type"] == "date"
+    assert mappings["url"]["properties"]["path"]["type"] == "wildcard"
     client = create_client(ElasticsearchSinkConfig(url=elastic.url))
     try:
         policy = await client.ilm.get_lifecycle(name="sidecar.audit-policy")

@@ -103,7 +103,7 @@ async def test_refused_credentials_get_401_and_an_audit_event_without_the_token(
     documents = [doc for doc in _audit_documents(running) if doc["event"]["action"] == "http-request"]
     assert len(documents) == 7
     for doc in documents:
-        assert doc["event"]["category"] == ["web", "authentication"]
+        assert (doc["event"]["category"], doc["event"]["type"]) == (["authentication"], ["start"])
         assert doc["event"]["outcome"] == "failure"
         assert doc["http"]["response"]["status_code"] == 401
     stored = json.dumps(documents)
