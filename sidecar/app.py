@@ -56,7 +56,7 @@ from sidecar.gpu.fields import FIELDS_BY_NAME, XID_ERRORS_TOTAL
 from sidecar.gpu.metrics import GpuMetricsCollector
 from sidecar.gpu.nvml import NvmlCollector
 from sidecar.gpu.probe_metrics import ProbeGauges
-from sidecar.gpu.usage_metrics import UsageMetrics
+from sidecar.gpu.usage_metrics import UnattributedCollector, UsageMetrics
 from sidecar.logs import AccessLog, LogPipeline
 from sidecar.rules.alert import Alert, AlertState, AlertTransition
 from sidecar.rules.engine import RuleEngine
@@ -170,6 +170,8 @@ class Sidecar:
         self.nvml: NvmlCollector | None = None
         self.dcgm: DcgmExporterScraper | None = None
         self.attribution: Attribution | None = None
+        self.gpus_simulated = False
+        """Whether the GPU readings come from gpu.nvml.simulate rather than a GPU."""
         self._cost: CostModel | None = None
         self._payback: Payback | None = None
         self.status_page: StatusPage | None = None
@@ -255,9 +257,13 @@ class Sidecar:
         self.exchanges.subscribe("audit", self.audit)
         self.registry.register(AuditCollector(self.audit))
 
-    def _exchange_usage(self, started_at: float, duration_s: float, call: GenAiCall | None) -> GpuUsage | None:
+    def _exchange_usage(
+        self, started_at: float, duration_s: float, call: GenAiCall | None, processed: bool
+    ) -> GpuUsage | None:
         attribution = self.attribution
-        return None if attribution is None else attribution.usage_of(started_at, duration_s, call, self._cost)
+        if attribution is None:
+            return None
+        return attribution.usage_of(started_at, duration_s, call, self._cost, processed)
 
     async def _start_gpu(self, instance: str, proxy: ProxyHandler) -> None:
         gpu = self.config.gpu
@@ -270,11 +276,14 @@ class Sidecar:
             self.gpu_events.subscribe("audit", _gpu_event_recorder(self.audit))
         if gpu.attribution and (gpu.nvml.enabled or gpu.dcgm_exporter.enabled):
             self.attribution = Attribution(
-                request_seconds=proxy.request_seconds, subtract_idle_power=gpu.subtract_idle_power
+                request_seconds=proxy.request_seconds,
+                occupied_seconds=proxy.occupied_seconds,
+                idle_power=gpu.idle_power,
             )
             self._cost = CostModel(gpu.cost, gpus=gpu.cost.gpus)
             self._payback = Payback(gpu.cost)
             self.gpu_samples.subscribe("attribution", self.attribution.observe)
+            self.registry.register(UnattributedCollector(self.attribution.unattributed, self._cost))
             self.exchanges.subscribe(
                 "gpu_usage_metrics",
                 UsageMetrics(
@@ -290,7 +299,9 @@ class Sidecar:
             from sidecar.testing.nvml import FakeNvml
 
             logger.warning("GPU readings are simulated (gpu.nvml.simulate: %d): not a real GPU", gpu.nvml.simulate)
-            nvml_module = FakeNvml(gpu.nvml.simulate, pcie_delay=0.0)
+            # Busy while requests are at the model server, idle otherwise, as a real GPU behind it would be.
+            nvml_module = FakeNvml(gpu.nvml.simulate, pcie_delay=0.0, load=proxy.occupied_seconds)
+            self.gpus_simulated = True
         if gpu.nvml.enabled:
             # NVML answers on the collector's threads; records are handed to the loop.
             self.nvml = NvmlCollector(
@@ -299,6 +310,7 @@ class Sidecar:
                 on_sample=lambda sample: loop.call_soon_threadsafe(self.gpu_samples.publish, sample),
                 on_event=lambda event: loop.call_soon_threadsafe(self.gpu_events.publish, event),
                 nvml=nvml_module,
+                simulated=self.gpus_simulated,
             )
             await asyncio.to_thread(self.nvml.start)
             self.registry.register(GpuMetricsCollector(self.nvml))

@@ -469,8 +469,10 @@ class NvmlConfig(Section):
     xid_events: bool = True
     """Wait for XID errors on an NVML event set, in a thread of its own."""
     simulate: int = Field(0, ge=0, le=8)
-    """Read this many simulated H100 GPUs instead of NVML (steady recorded values, a moving energy
-    counter): for demos and benchmarks on machines without a GPU. Never in production."""
+    """Read this many simulated H100 GPUs instead of NVML, for demos and benchmarks on machines without a
+    GPU: utilisation and power follow the proxy's load (idle ~72 W; the readings of an H100 serving a
+    model while requests are at the model server), and their series carry simulated="true". Never in
+    production."""
 
 
 class DcgmExporterConfig(Section):
@@ -526,8 +528,11 @@ class GpuConfig(Section):
     dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
     attribution: bool = True
     """Attribute GPU time and energy to each request (needs energy or power readings)."""
-    subtract_idle_power: bool = False
-    """Charge requests only for power above idle (idle measured while no request is in flight)."""
+    idle_power: Literal["unattributed", "in_flight"] = "unattributed"
+    """Who pays for the GPU's idle power (learned while no request is at the model server): unattributed
+    charges it to no request and counts it on its own line (sidecar_cost_unattributed_total, the status
+    page); in_flight charges the idle power drawn while requests are at the model server to them, by
+    time there. See docs/gpu-attribution.md."""
     cost: CostConfig = CostConfig()
     probe_at_start: bool = False
     """Run the torch GPU probe (`sidecar gpu-probe`) once at start, before serving; it loads the GPU for seconds."""

@@ -1,67 +1,28 @@
 """Each request's share of GPU busy time and energy, from GPU samples and the proxy's load.
 
-What is measured. Every GPU sample (NVML or dcgm-exporter) gives, per GPU or
-MIG instance, the total-energy counter (`DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`,
-mJ), the power draw (`DCGM_FI_DEV_POWER_USAGE`, W) and the utilisation
-(`DCGM_FI_DEV_GPU_UTIL`, %, or `DCGM_FI_PROF_GR_ENGINE_ACTIVE` where only that
-is given, as on MIG instances). Beside each sample the proxy's running
-integral of requests in flight, R(t) (request-seconds since start), is noted.
+    attribution.observe(sample)                 # every GPU sample
+    attribution.usage_of(start, seconds, call, cost)   # each request the model server processed
+    attribution.unattributed()                  # what no request was charged, since start
 
-How it is shared. Consecutive samples t_{k-1} < t_k bound an interval k with
+Consecutive samples of a GPU (or MIG instance) bound an interval. For each one
+the proxy's integrals give the load W (request-seconds at the model server)
+and the occupancy U (seconds with at least one request there). The interval's
+energy E (the counter's delta, else mean power x length) splits into idle
+(learned idle power x length) and work (the rest). The requests in it are
+charged, split in proportion to their time in it:
 
-- energy E_k: the counter's delta; where the counter is absent, did not move,
-  or went backwards (a driver reload resets it), the mean of the two power
-  readings times the interval (a stalled counter's next step is reduced by
-  what was estimated meanwhile, so nothing is counted twice); less idle power
-  x interval when `subtract_idle_power` is on (never below 0);
-- busy time B_k: the interval times the utilisation read at its end (the
-  driver reports utilisation over the period just past);
-- load W_k = R(t_k) - R(t_{k-1}): the request-seconds spent in flight in it.
+- the work done while they were there: work x min(1, U / busy time), where busy
+  time is utilisation x length (U / length without a utilisation reading);
+- busy time min(busy time, U);
+- under `idle_power="in_flight"`, also idle power x U.
 
-A request in flight over [s, e] overlapping interval k by o_k gets
-E_k x o_k / W_k and B_k x o_k / W_k. The overlaps of all requests in an
-interval add up to W_k, so the shares of an interval add up to E_k: all
-energy drawn while at least one request was in flight is charged, split in
-proportion to time in flight (a request alone gets all of it; two concurrent
-ones half each). Where the load says nothing was in flight but the request
-claims to have been (two clocks disagreeing), o_k / (t_k - t_{k-1}) is used.
-Requests end between samples: the part after the newest sample t_L is
-extrapolated with the newest power and utilisation over [t_L, now], divided
-by R(now) - R(t_L) (at least the request's own part), as long as the newest
-sample is at most three sample intervals old; a GPU silent for longer (lost,
-collector stopped) covers nothing past its last sample.
-
-Error bounds (docs/gpu-attribution.md says the same for operators):
-
-- Sampling interval vs request length. Within an interval energy is split by
-  time in flight, not by what each request actually made the GPU do: a
-  request sharing an interval with a heavier one is over-charged and the
-  heavy one under-charged, by at most the interval's energy each. The
-  interval at each end of a request also carries energy drawn while nothing
-  was in flight (up to one interval of idle power; idle subtraction removes
-  it). Requests lasting many intervals are accurate to a few percent; one
-  shorter than an interval carries an error of the order of the interval's
-  energy, and its tail is an extrapolation.
-- Counter resolution. The energy counter counts millijoules (negligible
-  against hundreds of joules a second) but the driver refreshes it on its own
-  period, so each interval's edges are blurred by up to that period; an
-  interval in which it did not move falls back to power x time. Power readings
-  are averages over the last second on Ampere (except GA100) and newer GPUs
-  and instantaneous before, and utilisation covers a driver period between
-  1/6 s and 1 s: the fallbacks are as good as those readings.
-- Timing. R is read when a sample reaches the event loop, not when the GPU
-  was read (microseconds for NVML; up to the exporter's own collection period
-  for dcgm-exporter), which shifts the load against the energy by that much.
-- Other work on the GPU (processes not behind this proxy, other MIG instances
-  on a GPU whose power is metered whole) is charged to whatever requests are
-  in flight while it runs. Energy drawn while no request is in flight is
-  charged to nobody.
-- Idle power is an exponentially weighted average of intervals with no request
-  in flight; until one has been seen nothing is subtracted.
-- Several GPUs: shares are summed over every GPU sampled, so sample only the
-  GPUs the model server uses. A physical GPU's energy is counted once even when
-  it is sampled per MIG instance (the driver meters power per GPU, not per
-  instance); busy time is summed over instances.
+What is not charged (idle power under "unattributed", and work or idle power
+while nothing was at the model server) is added up by `unattributed()`, as is
+the share of a request the model server never processed (`processed=False`).
+The part of a request after the newest sample is a virtual interval from that
+sample to now, with the newest power and utilisation readings, while the
+sample is at most three sample intervals old. docs/gpu-attribution.md states
+the rule with worked examples and its error bounds.
 """
 
 from __future__ import annotations
@@ -71,6 +32,7 @@ import math
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 from sidecar.exchange import Exchange, GenAiCall, GpuSample, GpuState, GpuUsage
 from sidecar.gpu.cost import CostModel
@@ -101,16 +63,48 @@ _SOURCE_SWITCH_AFTER_S = 30.0
 GpuKey = tuple[str, str | None]
 """(GPU uuid, MIG GPU instance id or None)."""
 
+IdlePower = Literal["unattributed", "in_flight"]
+"""Who pays for idle power: nobody (it is counted as unattributed), or the requests at the model server."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unattributed:
+    """What the sampled GPUs drew or spent that no request was charged, cumulative since start."""
+
+    energy_joules: float
+    """Idle power under "unattributed", energy drawn while nothing was at the model server, and the shares of
+    requests the model server never processed."""
+    gpu_seconds: float
+    """GPU time not charged as a request's busy time: time idle, or busy with nothing at the model server."""
+
+
+def _charged(energy: float, busy: float | None, length: float, load: float, occupied: float,
+             idle_watts: float | None, in_flight: bool) -> tuple[float, float]:  # fmt: skip
+    """(joules, busy seconds) of one interval charged to the requests at the model server during it."""
+    if load <= 0 or occupied <= 0 or length <= 0:
+        return 0.0, 0.0
+    idle = min(energy, idle_watts * length) if idle_watts is not None else 0.0
+    # The GPU's work beyond idle is charged as far as it can have happened while requests were there:
+    # all of it when they were there for at least its busy time, else their fraction of it.
+    if busy is not None and busy > 0:
+        work_share = min(1.0, occupied / busy)
+    else:
+        work_share = occupied / length
+    joules = (energy - idle) * work_share
+    if in_flight:
+        joules += idle * occupied / length
+    return joules, 0.0 if busy is None else min(busy, occupied)
+
 
 class _Series:
     """One GPU's (or MIG instance's) readings over the horizon, oldest first, in parallel lists.
 
-    Index i holds the sample at `times[i]` and the interval that ends there
-    (from `times[i - 1]`); intervals exist for head < i < len. Old entries are
-    skipped by `head` and deleted in bulk, so trimming is amortised O(1).
+    Index i holds the sample at `times[i]` and what the interval ending there (from `times[i - 1]`)
+    charges to requests; intervals exist for head < i < len. Old entries are skipped by `head` and
+    deleted in bulk, so trimming is amortised O(1).
     """
 
-    __slots__ = ("source", "head", "times", "loads", "energy", "busy", "watts", "util",
+    __slots__ = ("source", "head", "times", "loads", "occupied", "joules", "busy", "watts", "util",
                  "counter", "estimated", "idle_watts", "counts_energy", "counts_busy")  # fmt: skip
 
     def __init__(self, source: str) -> None:
@@ -119,10 +113,12 @@ class _Series:
         self.times: list[float] = []
         self.loads: list[float] = []
         """request_seconds() when the sample was observed."""
-        self.energy: list[float] = []
-        """Joules in the interval ending here (before idle subtraction)."""
+        self.occupied: list[float] = []
+        """occupied_seconds() when the sample was observed."""
+        self.joules: list[float] = []
+        """Joules of the interval ending here charged to the requests in it, all together."""
         self.busy: list[float] = []
-        """Busy seconds in the interval ending here."""
+        """Busy seconds of the interval ending here charged to the requests in it, all together."""
         self.watts: float | None = None
         """Newest power, for extrapolating past the newest sample."""
         self.util: float | None = None
@@ -130,21 +126,23 @@ class _Series:
         self.counter: float | None = None
         """Newest energy counter reading (mJ)."""
         self.estimated = 0.0
-        """Joules charged from power while the counter stood still, owed back when it moves."""
+        """Joules estimated from power while the counter stood still, owed back when it moves."""
         self.idle_watts: float | None = None
         self.counts_energy = True
         self.counts_busy = True
 
-    def add(self, at: float, load: float, counter: float | None, watts: float | None, util: float | None,
-            horizon: float) -> None:  # fmt: skip
-        energy = busy = 0.0
+    def add(self, at: float, load: float, occupied: float, counter: float | None, watts: float | None,
+            util: float | None, horizon: float, in_flight: bool) -> tuple[float, float]:  # fmt: skip
+        """Adds a sample; returns the (joules, seconds) of the interval it closes that no request is charged."""
+        charged = charged_busy = 0.0
+        loose = (0.0, 0.0)
         if self.times:
             dt = at - self.times[-1]
             delta = None if counter is None or self.counter is None else counter - self.counter
             measured = True
             if delta is not None and delta > 0:
                 # A counter that lagged catches up in one step: what the power
-                # estimates already charged for the lag is taken off, so the
+                # estimates already counted for the lag is taken off, so the
                 # interval pair adds up to the counter's delta.
                 counted = delta * _MILLIJOULES
                 energy = max(counted - self.estimated, 0.0)
@@ -160,19 +158,25 @@ class _Series:
                 stalled = delta is not None and delta == 0
                 self.estimated = self.estimated + energy if stalled else 0.0
             fraction = util if util is not None else self.util
-            busy = 0.0 if fraction is None else fraction * dt
-            if measured and load - self.loads[-1] <= 0:
+            busy = None if fraction is None else fraction * dt
+            load_delta = load - self.loads[-1]
+            occupied_delta = min(max(occupied - self.occupied[-1], 0.0), dt)
+            charged, charged_busy = _charged(energy, busy, dt, load_delta, occupied_delta, self.idle_watts, in_flight)
+            loose = (energy - charged, max(dt - charged_busy, 0.0))
+            if measured and load_delta <= 0:
                 self._learn_idle(energy / dt, dt)
         self.times.append(at)
         self.loads.append(load)
-        self.energy.append(energy)
-        self.busy.append(busy)
+        self.occupied.append(occupied)
+        self.joules.append(charged)
+        self.busy.append(charged_busy)
         if watts is not None:
             self.watts = watts
         if util is not None:
             self.util = util
         self.counter = counter
         self._trim(at - horizon)
+        return loose
 
     def _learn_idle(self, watts: float, dt: float) -> None:
         if self.idle_watts is None:
@@ -188,7 +192,7 @@ class _Series:
         while head < last - 1 and (times[head + 1] <= cutoff or last - head >= _MAX_SAMPLES):
             head += 1
         if head > 1024 and head * 2 > len(times):
-            for column in (self.times, self.loads, self.energy, self.busy):
+            for column in (self.times, self.loads, self.occupied, self.joules, self.busy):
                 del column[:head]
             head = 0
         self.head = head
@@ -215,9 +219,9 @@ def _util_fraction(fields: Mapping[str, float]) -> float | None:
 
 
 class Attribution:
-    """Attributes GPU busy time and energy to requests; `observe` GPU samples, `enrich` Exchanges.
+    """Attributes GPU busy time and energy to requests; `observe` GPU samples, `usage_of` requests.
 
-    Runs on the event loop: `observe` once per sample per GPU, `usage` once per
+    Runs on the event loop: `observe` once per sample per GPU, `usage_of` once per
     request, each O(samples inside the request) after a bisection.
     """
 
@@ -225,18 +229,26 @@ class Attribution:
         self,
         *,
         request_seconds: Callable[[], float],
-        subtract_idle_power: bool = False,
+        occupied_seconds: Callable[[], float],
+        idle_power: IdlePower = "unattributed",
         clock: Callable[[], float] = time.time,
         horizon: float = 900.0,
     ) -> None:
-        """`request_seconds` is the proxy's integral of requests in flight over wall time (seconds,
-        non-decreasing); `clock` the wall clock the samples and Exchanges use; `horizon` how far
-        back readings are kept (longer requests are charged only for their last `horizon`)."""
+        """`request_seconds` is the proxy's integral over wall time of the requests at the model server
+        (seconds, non-decreasing), `occupied_seconds` the time during which at least one was there;
+        `idle_power` says who pays for idle power; `clock` is the wall clock the samples and requests
+        use; `horizon` how far back readings are kept (longer requests are charged for their last
+        `horizon`)."""
+        if idle_power not in ("unattributed", "in_flight"):
+            raise ValueError(f"idle_power: expected unattributed or in_flight, got {idle_power!r}")
         self._request_seconds = request_seconds
-        self._subtract_idle = subtract_idle_power
+        self._occupied_seconds = occupied_seconds
+        self._in_flight = idle_power == "in_flight"
         self._clock = clock
         self._horizon = horizon
         self._series: dict[GpuKey, _Series] = {}
+        self._loose_joules = 0.0
+        self._loose_seconds = 0.0
 
     def observe(self, sample: GpuSample) -> None:
         if sample.state is not GpuState.OK:
@@ -261,7 +273,12 @@ class Attribution:
                 return
             series = self._series[key] = _Series(sample.source)
             self._assign_roles(sample.uuid)
-        series.add(sample.at, self._request_seconds(), counter, watts, util, self._horizon)
+        joules, seconds = series.add(sample.at, self._request_seconds(), self._occupied_seconds(), counter, watts,
+                                     util, self._horizon, self._in_flight)  # fmt: skip
+        if series.counts_energy:
+            self._loose_joules += joules
+        if series.counts_busy:
+            self._loose_seconds += seconds
 
     def _assign_roles(self, uuid: str) -> None:
         # The driver meters power per physical GPU, so a GPU read per MIG instance
@@ -281,36 +298,33 @@ class Attribution:
                 return series.idle_watts
         return None
 
+    def unattributed(self) -> Unattributed:
+        """What no request was charged since start (intervals up to each GPU's newest sample)."""
+        return Unattributed(self._loose_joules, self._loose_seconds)
+
     def usage(self, start: float, end: float) -> tuple[float, float] | None:
-        """(gpu_seconds, energy_joules) for a request in flight over [start, end] (wall clock),
+        """(gpu_seconds, energy_joules) for a request at the model server over [start, end] (wall clock),
         summed over GPUs; None when no GPU readings cover any of it."""
         if end < start:
             start, end = end, start
         gpu_seconds = energy = 0.0
         covered = False
-        load_now: float | None = None
-        now = 0.0
-        subtract = self._subtract_idle
+        load_now = occupied_now = now = 0.0
+        read_now = False
         for series in self._series.values():
             times = series.times
             n = len(times)
-            idle = (series.idle_watts or 0.0) if subtract else 0.0
             counts_energy, counts_busy = series.counts_energy, series.counts_busy
-            loads, energies, busies = series.loads, series.energy, series.busy
+            loads, joules, busies = series.loads, series.joules, series.busy
             k = bisect_right(times, start, series.head + 1, n)
             while k < n and times[k - 1] < end:
                 before, after = times[k - 1], times[k]
                 overlap = (end if end < after else after) - (start if start > before else before)
                 load = loads[k] - loads[k - 1]
-                if load <= 0:
-                    share = overlap / (after - before)
-                else:
-                    share = overlap / (load if load > overlap else overlap)
+                # The request's own time bounds the load from below: the two clocks may disagree a little.
+                share = overlap / (load if load > overlap else overlap) if overlap > 0 else 0.0
                 if counts_energy:
-                    joules = energies[k]
-                    if idle:
-                        joules = max(joules - idle * (after - before), 0.0)
-                    energy += joules * share
+                    energy += joules[k] * share
                 if counts_busy:
                     gpu_seconds += busies[k] * share
                 covered = True
@@ -318,17 +332,22 @@ class Attribution:
             last = times[-1]
             if end <= last or end - last > max(_EXTRAPOLATE_INTERVALS * series.last_interval(), _EXTRAPOLATE_MIN_S):
                 continue
-            if load_now is None:
-                load_now, now = self._request_seconds(), self._clock()
+            if not read_now:
+                load_now, occupied_now, now = self._request_seconds(), self._occupied_seconds(), self._clock()
+                read_now = True
+            # From the newest sample to now: a virtual interval with the newest readings.
             overlap = end - (start if start > last else last)
             span = (now if now > end else end) - last
-            load = load_now - loads[-1]
-            share = overlap / (load if load > overlap else overlap) if overlap > 0 else 0.0
-            watts = series.watts
-            if watts is not None and counts_energy:
-                energy += max(watts - idle, 0.0) * span * share
-            if series.util is not None and counts_busy:
-                gpu_seconds += series.util * span * share
+            load = max(load_now - series.loads[-1], overlap)
+            occupied = min(max(occupied_now - series.occupied[-1], overlap), span)
+            drawn = 0.0 if series.watts is None else series.watts * span
+            busy = None if series.util is None else series.util * span
+            tail_joules, tail_busy = _charged(drawn, busy, span, load, occupied, series.idle_watts, self._in_flight)
+            share = overlap / load if overlap > 0 else 0.0
+            if series.watts is not None and counts_energy:
+                energy += tail_joules * share
+            if counts_busy:
+                gpu_seconds += tail_busy * share
             covered = True
         return (gpu_seconds, energy) if covered else None
 
@@ -338,14 +357,21 @@ class Attribution:
         return exchange if usage is None else dataclasses.replace(exchange, usage=usage)
 
     def usage_of(
-        self, started_at: float, duration_s: float, call: GenAiCall | None, cost: CostModel | None
-    ) -> GpuUsage | None:
-        """A request's GPU usage (and cost, given a cost model), or None when unknown. The proxy
-        calls this while it builds the Exchange, so the record is made once, usage included."""
+        self, started_at: float, duration_s: float, call: GenAiCall | None, cost: CostModel | None,
+        processed: bool = True,
+    ) -> GpuUsage | None:  # fmt: skip
+        """A request's GPU usage (and cost, given a cost model) over the time it spent at the model
+        server, or None when unknown. A request the model server never processed (`processed=False`:
+        it could not be reached) gets none, and its share counts as unattributed. The proxy calls this
+        while it builds the Exchange, so the record is made once, usage included."""
         measured = self.usage(started_at, started_at + duration_s)
         if measured is None:
             return None
         gpu_seconds, energy = measured
+        if not processed:
+            self._loose_seconds += gpu_seconds
+            self._loose_joules += energy
+            return None
         cost_local = cost_cloud = None
         if cost is not None:
             cost_local = cost.local(energy, gpu_seconds)

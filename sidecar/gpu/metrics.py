@@ -3,7 +3,8 @@
 One family per DCGM field (`sidecar.gpu.fields`), with dcgm-exporter's help text
 and its label set: `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`,
 `Hostname` (left out when empty, as dcgm-exporter does), `DCGM_FI_DRIVER_VERSION`, plus `GPU_I_PROFILE`
-and `GPU_I_ID` on MIG instances and `err_code` / `err_msg` on
+and `GPU_I_ID` on MIG instances, `simulated="true"` on simulated GPUs (`gpu.nvml.simulate`) and
+`err_code` / `err_msg` on
 `DCGM_FI_DEV_XID_ERRORS`. dcgm-exporter's counters are counter families whose
 samples keep the field's exact name, no `_total` (how each format writes them:
 `sidecar.gpu.fields`).
@@ -50,6 +51,10 @@ def dcgm_labels(sample: GpuSample) -> dict[str, str]:
     if sample.driver_version:
         # dcgm-exporter 3.3.6 and later label every series with the driver version.
         labels["DCGM_FI_DRIVER_VERSION"] = sample.driver_version
+    if sample.simulated:
+        # Only a simulated GPU's series differ from dcgm-exporter's label set, so that no dashboard or
+        # query can take them for a real GPU's.
+        labels["simulated"] = "true"
     return labels
 
 

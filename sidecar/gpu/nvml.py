@@ -214,8 +214,11 @@ class NvmlCollector:
         *,
         reinit_interval: float = REINIT_INTERVAL_S,
         lost_retry_interval: float = LOST_RETRY_INTERVAL_S,
+        simulated: bool = False,
     ) -> None:
+        """`simulated`: `nvml` is a simulation (gpu.nvml.simulate); every sample says so."""
         self._config = config
+        self._simulated = simulated
         self._hostname = hostname
         self._on_sample = on_sample
         self._on_event = on_event
@@ -485,6 +488,7 @@ class NvmlCollector:
             state=state,
             fields=fields,
             driver_version=self._driver_version,
+            simulated=self._simulated,
             **extra,
         )
 

@@ -5,6 +5,7 @@ energy and GPU-time counters, a per-model histogram of energy per output
 token, and per-model, per-tenant cost counters (local and cloud equivalent);
 it also feeds the payback estimate, which is read at scrape time. Label values
 go through the caller's bounding callables, so cardinality stays bounded.
+`UnattributedCollector` serves, beside them, what no request was charged.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.exchange import Exchange
-from sidecar.gpu.cost import Payback
+from sidecar.gpu.attribution import Unattributed
+from sidecar.gpu.cost import CostModel, Payback
 
 # From a small model's decode step on a shared GPU (hundredths of a joule per
 # token) to a large model's long prefill charged to a few tokens (tens of joules).
@@ -43,6 +45,42 @@ class PaybackGauge(Collector):
         months = self._payback.months()
         if months is not None:
             yield GaugeMetricFamily(self.NAME, self.HELP, value=months)
+
+
+class UnattributedCollector(Collector):
+    """What the GPUs drew or spent that no request was charged (idle power under
+    `gpu.idle_power: unattributed`, and anything while no request was at the model server), read at scrape time:
+    `sidecar_gpu_unattributed_energy_joules_total`, `sidecar_gpu_unattributed_seconds_total` and its price,
+    `sidecar_cost_unattributed_total`."""
+
+    def __init__(self, unattributed: Callable[[], Unattributed], cost: CostModel) -> None:
+        self._unattributed = unattributed
+        self._cost = cost
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return self._families(Unattributed(0.0, 0.0))
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        return self._families(self._unattributed())
+
+    def _families(self, loose: Unattributed) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "sidecar_gpu_unattributed_energy_joules",
+            "GPU energy charged to no request (joules): idle power under gpu.idle_power: unattributed, and "
+            "energy drawn while no request was at the model server.",
+            value=loose.energy_joules,
+        )
+        yield CounterMetricFamily(
+            "sidecar_gpu_unattributed_seconds",
+            "GPU time not charged to a request as busy time: idle, or busy while no request was at the model server.",
+            value=loose.gpu_seconds,
+        )
+        yield CounterMetricFamily(
+            "sidecar_cost_unattributed",
+            f"Cost of what no request was charged, in {self._cost.currency}: electricity for the unattributed "
+            "energy and the hardware's write-off for the unattributed GPU time.",
+            value=self._cost.local(loose.energy_joules, loose.gpu_seconds),
+        )
 
 
 class UsageMetrics:

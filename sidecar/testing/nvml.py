@@ -25,9 +25,15 @@ Faults on demand:
 - `reset_nvlink_counters(i)`: the NVLink throughput counters restart from 0, as
   after a driver reload.
 
-Where it differs from NVML: values do not move except energy (power x elapsed
-time), the NVLink throughput counters (rate x elapsed time) and what the test
-sets; NVLink counters answer only for all links at once (scope id UINT_MAX, as
+Following a load (`load=`, what `gpu.nvml.simulate` uses): given the seconds
+the model server has been busy so far, each GPU reads as idle (0 % utilisation,
+72 W, 345 MHz) while it is not and as the recorded busy H100 (87 %, 412.5 W,
+1980 MHz) while it is, blended by the busy share of the last driver sampling
+period (1/6 s) or more, and its energy counter integrates that power exactly.
+
+Where it differs from NVML: without `load`, values do not move except energy
+(power x elapsed time), the NVLink throughput counters (rate x elapsed time)
+and what the test sets; NVLink counters answer only for all links at once (scope id UINT_MAX, as
 DCGM asks), not per link; `nvmlDeviceGetPcieThroughput` sleeps
 `pcie_delay` (20 ms, as the driver blocks) without using CPU; handles are plain
 objects, not ctypes pointers; only one sample per process is kept for the
@@ -54,6 +60,30 @@ _H100_MEMORY_MIB = 81559
 _H100_RESERVED_MIB = 562
 """What the driver keeps for itself: the recorded dcgm-exporter payload's total less free less used."""
 _SAMPLING_PERIOD_US = 167_000
+_IDLE_POWER_MW = 72_000
+"""An H100 SXM with a model loaded and nothing to do draws 60-80 W."""
+_IDLE_SM_CLOCK_MHZ = 345
+
+
+@dataclass(frozen=True, slots=True)
+class _BusyReadings:
+    """What a GPU reads while fully busy; `FakeGpu`'s defaults, kept when a load moves them."""
+
+    power_mw: int
+    gpu_util: int
+    memory_util: int
+    sm_clock_mhz: int
+
+
+@dataclass
+class _LoadState:
+    """Where a load-following GPU's averaging period started, and the busy share of the last one."""
+
+    period_start: float
+    busy_at_start: float
+    busy_share: float = 0.0
+    busy_counted: float = 0.0
+    """The load's reading the energy counter has integrated up to."""
 _H100_BUS_IDS = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")
 
 
@@ -256,7 +286,10 @@ class FakeNvml:
         *,
         clock: Callable[[], float] = time.monotonic,
         pcie_delay: float = 0.02,
+        load: Callable[[], float] | None = None,
     ) -> None:
+        """`load`: seconds the simulated GPUs have been busy so far (non-decreasing, any thread); they
+        then follow it, see the module docstring."""
         self.gpus = [
             FakeGpu(
                 index=i,
@@ -271,6 +304,15 @@ class FakeNvml:
         self._events = threading.Condition(self._lock)
         self._released = threading.Event()
         self._counted_until = {gpu.index: clock() for gpu in self.gpus}
+        self._load = load
+        self._busy = {gpu.index: _BusyReadings(gpu.power_mw, gpu.gpu_util, gpu.memory_util, gpu.sm_clock_mhz)
+                      for gpu in self.gpus}  # fmt: skip
+        self._load_states: dict[int, _LoadState] = {}
+        if load is not None:
+            busy = load()
+            self._load_states = {gpu.index: _LoadState(clock(), busy, busy_counted=busy) for gpu in self.gpus}
+            for gpu in self.gpus:
+                self._show_load(gpu, 0.0)
         self._calls: Counter[tuple[str, int | None]] = Counter()
         self._faults: list[_Fault] = []
         self._lost: set[int] = set()
@@ -409,14 +451,34 @@ class FakeNvml:
         return self._gpu(handle).mig_instances[handle.mig_slot]
 
     def _accumulate(self, gpu: FakeGpu) -> float:
-        """Advances the energy and NVLink counters to now; returns now."""
+        """Advances the energy and NVLink counters (and a load-following GPU's readings) to now; returns now."""
         now = self._clock()
         elapsed = now - self._counted_until[gpu.index]
-        gpu.energy_mj += gpu.power_mw * elapsed  # mW x s = mJ
+        state = self._load_states.get(gpu.index)
+        if state is not None and self._load is not None:
+            busy = self._load()
+            # Idle power all along, and the busy surplus for the time the load was busy (mW x s = mJ).
+            busy_s = min(max(busy - state.busy_counted, 0.0), max(elapsed, 0.0))
+            state.busy_counted = max(busy, state.busy_counted)
+            gpu.energy_mj += _IDLE_POWER_MW * elapsed + (self._busy[gpu.index].power_mw - _IDLE_POWER_MW) * busy_s
+            if now - state.period_start >= _SAMPLING_PERIOD_US / 1e6:
+                state.busy_share = min(max((busy - state.busy_at_start) / (now - state.period_start), 0.0), 1.0)
+                state.period_start, state.busy_at_start = now, max(busy, state.busy_at_start)
+            self._show_load(gpu, state.busy_share)
+        else:
+            gpu.energy_mj += gpu.power_mw * elapsed  # mW x s = mJ
         gpu.nvlink_rx_kib += gpu.nvlink_rx_kib_per_s * elapsed
         gpu.nvlink_tx_kib += gpu.nvlink_tx_kib_per_s * elapsed
         self._counted_until[gpu.index] = now
         return now
+
+    def _show_load(self, gpu: FakeGpu, share: float) -> None:
+        """Sets a load-following GPU's readings for a busy share (0-1) of the last period."""
+        busy = self._busy[gpu.index]
+        gpu.power_mw = round(_IDLE_POWER_MW + (busy.power_mw - _IDLE_POWER_MW) * share)
+        gpu.gpu_util = round(busy.gpu_util * share)
+        gpu.memory_util = round(busy.memory_util * share)
+        gpu.sm_clock_mhz = round(_IDLE_SM_CLOCK_MHZ + (busy.sm_clock_mhz - _IDLE_SM_CLOCK_MHZ) * share)
 
     def _whole_gpu_only(self, handle: FakeHandle) -> FakeGpu:
         # MIG devices answer memory, name, UUID and processes; device-wide readings stay on the GPU.
@@ -486,7 +548,9 @@ class FakeNvml:
         gpu = self._whole_gpu_only(handle)
         if gpu.mig_enabled:
             raise pynvml.NVMLError_NotSupported()
-        return FakeUtilization(gpu.gpu_util, gpu.memory_util)
+        with self._lock:
+            self._accumulate(gpu)
+            return FakeUtilization(gpu.gpu_util, gpu.memory_util)
 
     def nvmlDeviceGetMemoryInfo(  # noqa: N802
         self, handle: FakeHandle, version: int | None = None
@@ -539,7 +603,10 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetPowerUsage", handle.index)
-        return self._whole_gpu_only(handle).power_mw
+        gpu = self._whole_gpu_only(handle)
+        with self._lock:
+            self._accumulate(gpu)
+            return gpu.power_mw
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetTotalEnergyConsumption", handle.index)
@@ -552,7 +619,9 @@ class FakeNvml:
         self._enter("nvmlDeviceGetClockInfo", handle.index)
         gpu = self._whole_gpu_only(handle)
         if clock_type == pynvml.NVML_CLOCK_SM:
-            return gpu.sm_clock_mhz
+            with self._lock:
+                self._accumulate(gpu)
+                return gpu.sm_clock_mhz
         if clock_type == pynvml.NVML_CLOCK_MEM:
             return gpu.memory_clock_mhz
         raise pynvml.NVMLError_InvalidArgument()

@@ -301,3 +301,23 @@ def test_field_table_matches_dcgm_exporters_csv() -> None:
             assert (field.prom_type, field.help) == DCGM_EXPORTER_FIELDS[field.name], field.name
     assert not [field.name for field in f.NVML_FIELDS if field.name.startswith("DCGM_FI_PROF_")]
     assert {field.name for field in f.NVML_FIELDS if field.mig} == {f.FB_USED, f.FB_FREE, f.FB_RESERVED}
+
+
+def test_a_simulated_gpus_series_say_so_and_a_real_gpus_keep_dcgm_exporters_labels() -> None:
+    nvml = FakeNvml(1, pcie_delay=0.0)
+    samples: list[GpuSample] = []
+    collector = NvmlCollector(NvmlConfig(interval=0.03), "gpu-host-1", samples.append, lambda e: None, nvml=nvml,
+                              simulated=True)  # fmt: skip
+    collector.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not samples:
+            time.sleep(0.01)
+    finally:
+        collector.stop()
+    assert samples and all(sample.simulated for sample in samples)
+
+    text = exposition([*collector.latest().values(), gpu_sample("1")])
+    power = {s.labels["gpu"]: s.labels for s in series(text) if s.name == f.POWER_USAGE}
+    assert power["0"]["simulated"] == "true" and set(power["0"]) == DCGM_LABELS | {"simulated"}
+    assert set(power["1"]) == DCGM_LABELS, "a real GPU's label set is dcgm-exporter's, unchanged"

@@ -155,7 +155,8 @@ async def test_requests_carry_gpu_time_energy_and_cost_on_exchange_metrics_and_a
 ) -> None:
     nvml = FakeNvml(1, pcie_delay=0.0)
     nvml.set_power(0, WATTS)
-    running, _ = await start_with_gpus(make_sidecar, model.url, nvml)
+    # A flat draw is all idle power: charged to the requests at the model server, by time there.
+    running, _ = await start_with_gpus(make_sidecar, model.url, nvml, gpu__idle_power="in_flight")
     async with aiohttp.ClientSession() as client:
         assert await chat(client, running, delay=0.3) == 200
         # Two at once: together they are charged what one alone would be for the same span.
@@ -200,6 +201,82 @@ async def test_requests_carry_gpu_time_energy_and_cost_on_exchange_metrics_and_a
                                          "currency": "USD"}  # fmt: skip
 
 
+async def test_requests_the_model_server_never_processed_are_charged_nothing(
+    make_sidecar: SidecarFactory, model: SlowModel
+) -> None:
+    nvml = FakeNvml(1, pcie_delay=0.0)
+    running, _ = await start_with_gpus(make_sidecar, model.url, nvml, gpu__idle_power="in_flight",
+                                       proxy__max_request_body="1KiB")  # fmt: skip
+    async with aiohttp.ClientSession() as client:
+        assert await chat(client, running, delay=0.05) == 200
+        payload = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
+        async with client.post(f"{running.url}/v1/chat/completions", json=payload) as response:
+            assert response.status == 413  # refused by the sidecar, never forwarded
+        await model.stop()
+        model.runner = None
+        for _ in range(20):  # the model server is down: each request is a fast 502
+            assert await chat(client, running, delay=0.0) == 502
+    await until(lambda: len(running.exchanges) == 22)
+
+    served, too_large, *refused = running.exchanges
+    assert served.usage is not None and served.usage.energy_joules > 0
+    assert too_large.status == 413 and too_large.usage is None
+    assert [(e.status, e.error_type, e.usage) for e in refused] == [(502, "upstream_connect_error", None)] * 20
+    families = await scrape(running)
+    energy = {s.labels["model"]: s.value for s in families["sidecar_gpu_energy_joules"] if s.name.endswith("_total")}
+    assert energy == {"m": pytest.approx(served.usage.energy_joules)}, "only the processed request is charged"
+    await until(lambda: running.sidecar.attribution is not None
+                and running.sidecar.attribution.unattributed().energy_joules > 0)  # fmt: skip
+    loose = [s.value for s in (await scrape(running))["sidecar_gpu_unattributed_energy_joules"]
+             if s.name.endswith("_total")]  # fmt: skip
+    assert loose and loose[0] > 0, "what the GPU drew during the outage is on its own line"
+
+
+async def test_a_simulated_gpu_idles_and_works_with_the_model_server_and_says_it_is_simulated(
+    make_sidecar: SidecarFactory, model: SlowModel
+) -> None:
+    running = await make_sidecar(model.url, gpu__nvml__enabled=True, gpu__nvml__simulate=1,
+                                 gpu__nvml__interval="50ms", gpu__nvml__pcie_interval="1s")  # fmt: skip
+    collector = running.sidecar.nvml
+    assert collector is not None and running.sidecar.gpus_simulated
+
+    def latest() -> dict[str, float]:
+        sample = collector.latest().get("0")
+        return dict(sample.fields) if sample is not None else {}
+
+    await until(lambda: latest().get(f.POWER_USAGE) == 72.0, timeout=10)
+    assert latest()[f.GPU_UTIL] == 0, "idle: no utilisation while nothing is at the model server"
+
+    stop = asyncio.Event()
+
+    async def keep_busy(client: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            await chat(client, running, delay=0.3)
+
+    async with aiohttp.ClientSession() as client:
+        workers = [asyncio.create_task(keep_busy(client)) for _ in range(2)]
+        try:
+            await until(lambda: latest().get(f.GPU_UTIL, 0) >= 80 and latest().get(f.POWER_USAGE, 0) >= 380,
+                        timeout=15)  # fmt: skip
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+    await until(lambda: latest().get(f.POWER_USAGE) == 72.0, timeout=10)
+
+    families = await scrape(running)
+    assert all(s.labels.get("simulated") == "true" for s in families[f.POWER_USAGE])
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{running.admin_url}/-/status.json") as response:
+            status = await response.json()
+    assert status["gpu"]["simulated"] is True and status["gpu"]["gpus"][0]["simulated"] is True
+    # By default idle power is nobody's: a request is charged the work it caused, the idle draw stays apart.
+    charged = [e for e in running.exchanges if e.usage is not None]
+    assert charged
+    for exchange in charged:
+        assert exchange.usage is not None and exchange.usage.energy_joules <= (412.5 - 72.0) * exchange.duration_s * 1.2
+    assert running.sidecar.attribution is not None and running.sidecar.attribution.unattributed().energy_joules > 0
+
+
 async def test_gpu_lost_xid_and_nvml_gone_become_states_events_and_audit_records_while_serving(
     make_sidecar: SidecarFactory, model: SlowModel, tmp_path: Path
 ) -> None:
@@ -234,7 +311,9 @@ async def test_gpu_lost_xid_and_nvml_gone_become_states_events_and_audit_records
     actions = [r["event"]["action"] for r in audit_records(tmp_path / "data")]
     assert {"gpu-xid", "gpu-lost", "gpu-nvml-unavailable"} <= set(actions)
     (lost,) = [r for r in audit_records(tmp_path / "data") if r["event"]["action"] == "gpu-lost"]
-    assert lost["event"]["outcome"] == "failure" and lost["sidecar"]["gpu_event"]["gpu"] == "1"
+    assert (lost["event"]["category"], lost["event"]["type"]) == (["host"], ["change"])
+    assert "outcome" not in lost["event"], "what the sidecar saw of a GPU, not an attempt of its own"
+    assert lost["sidecar"]["gpu_event"]["gpu"] == "1"
     (xid_record,) = [r for r in audit_records(tmp_path / "data") if r["event"]["action"] == "gpu-xid"]
     assert xid_record["sidecar"]["gpu_event"]["xid"] == 79
 

@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar.config import CostConfig, ModelPrice
 from sidecar.exchange import GpuUsage, Principal
-from sidecar.gpu.cost import Payback
-from sidecar.gpu.usage_metrics import UsageMetrics
+from sidecar.gpu.attribution import Unattributed
+from sidecar.gpu.cost import CostModel, Payback
+from sidecar.gpu.usage_metrics import UnattributedCollector, UsageMetrics
 from tests.support.clock import Clock
 from tests.support.records import make_exchange
 
@@ -118,3 +119,19 @@ def test_observer_cost_micro_benchmark():
         metrics(exchange)
     elapsed = time.perf_counter() - began
     print(f"\nUsageMetrics: {elapsed / rounds * 1e6:.2f} µs per exchange")
+
+
+def test_what_no_request_was_charged_is_served_as_counters_with_its_price():
+    registry = CollectorRegistry()
+    loose = Unattributed(energy_joules=0.0, gpu_seconds=0.0)
+    cost = CostModel(CostConfig(electricity_per_kwh=0.15, hardware_price=30_000.0))
+    registry.register(UnattributedCollector(lambda: loose, cost))
+    # An H100 idle for an hour at 70 W.
+    loose = Unattributed(energy_joules=70.0 * 3600, gpu_seconds=3600.0)
+
+    value = registry.get_sample_value
+    assert value("sidecar_gpu_unattributed_energy_joules_total") == pytest.approx(252_000.0)
+    assert value("sidecar_gpu_unattributed_seconds_total") == pytest.approx(3600.0)
+    # 0.07 kWh of electricity and an hour of a 30,000 server written off over three years.
+    assert value("sidecar_cost_unattributed_total") == pytest.approx(0.0105 + 30_000 / (3 * 365 * 24), rel=1e-6)
+    assert "# TYPE sidecar_cost_unattributed_total counter" in generate_latest(registry).decode()
