@@ -466,6 +466,8 @@ class Sidecar:
                 cloud_priced=bool(config.gpu.cost.cloud_prices),
                 savings=payback.savings,
                 payback_months=payback.months,
+                unattributed=self._unattributed_cost,
+                idle_power=config.gpu.idle_power,
             ) if payback is not None else None,
             off=off,
         )  # fmt: skip
@@ -474,6 +476,13 @@ class Sidecar:
         if payback is not None:
             self.exchanges.subscribe("status_page", page.observe_exchange)
         return page
+
+    def _unattributed_cost(self) -> float:
+        attribution, cost = self.attribution, self._cost
+        if attribution is None or cost is None:
+            return 0.0
+        loose = attribution.unattributed()
+        return cost.local(loose.energy_joules, loose.gpu_seconds)
 
     def _gpu_problem(self) -> str | None:
         if self.nvml is not None and not self.nvml.nvml_available and self.dcgm is None:

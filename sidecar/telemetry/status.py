@@ -11,6 +11,11 @@ own `/metrics`:
   bounded ring (`sample`, run by `start()`), from which rates are computed;
 - alerts: the engine's current alerts as they are.
 
+An SLO's budget is a share of what its whole period allows; while less than `BUDGET_MIN_COVERAGE` of
+the period has been counted, that share would extrapolate minutes to weeks, so the data gives the
+budget as time spent against time allowed so far, with the coverage, and no percentage
+(`budget.remaining_ratio` is null). GPUs read from a simulation are marked `simulated`.
+
 Every section says whether it is `available`; when a part is off (no GPU, audit disabled, rules
 disabled) its section carries a `note` saying why, and the page shows that instead of a chart.
 Units are in the key names (`_per_s`, `_s`, `_percent`, `_celsius`, `_watts`, `_ratio`); times are
@@ -51,6 +56,9 @@ REQUEST_QUANTILES = (0.5, 0.95, 0.99)
 TTFT_QUANTILES = (0.5, 0.95)
 BURN_RATE_WINDOWS_S = (300.0, 3600.0)
 """The burn rates charted over time (every SLO window's current burn rate is in the table)."""
+BUDGET_MIN_COVERAGE = 0.1
+"""Share of an SLO's period that must be counted before its budget is given as a percentage: 3 of 30
+days, the longest burn-rate window (Google's SRE workbook's slowest ticket alert)."""
 
 # dcgm-exporter's field names, which every GPU sample carries (telemetry does not import sidecar.gpu).
 _GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
@@ -91,6 +99,11 @@ class SloReading(Protocol):
     availability: float | None
     budget_remaining: float
     burn_rates: Mapping[float, float | None]
+    error_budget: float
+    allowed_downtime_s: float
+    """The error budget as time over the whole period."""
+    used_downtime_s: float
+    """Error ratio x the time counted."""
 
 
 class AlertReading(Protocol):
@@ -134,6 +147,10 @@ class CostSource:
     savings: Callable[[], float]
     """Savings against the cloud over the payback window (24 h)."""
     payback_months: Callable[[], float | None]
+    unattributed: Callable[[], float] | None = None
+    """Cost since start of what no request was charged (idle GPUs), in `currency`."""
+    idle_power: str = "unattributed"
+    """gpu.idle_power: who pays for idle power."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +181,8 @@ class StatusSources:
 class _GpuTrack:
     """One GPU's recent readings: `step_s` averages, the open step last."""
 
-    __slots__ = ("gpu", "uuid", "name", "state", "error", "seen_at", "memory_total_mib", "points", "_step",
-                 "_sums", "_counts")  # fmt: skip
+    __slots__ = ("gpu", "uuid", "name", "state", "error", "seen_at", "memory_total_mib", "simulated", "points",
+                 "_step", "_sums", "_counts")  # fmt: skip
 
     def __init__(self, sample: GpuSample, maxlen: int) -> None:
         self.gpu = sample.gpu
@@ -175,6 +192,7 @@ class _GpuTrack:
         self.error: str | None = None
         self.seen_at = sample.at
         self.memory_total_mib: float | None = None
+        self.simulated = sample.simulated
         self.points: deque[tuple[float, tuple[float | None, ...]]] = deque(maxlen=maxlen)
         """(step end, averages) of closed steps, oldest first."""
         self._step: int | None = None
@@ -186,6 +204,7 @@ class _GpuTrack:
         self.state = sample.state.value
         self.error = sample.error
         self.name = sample.model_name or self.name
+        self.simulated = sample.simulated
         step = int(sample.at // step_s)
         if self._step is not None and step > self._step:
             self.points.append(((self._step + 1) * step_s, self._averages()))
@@ -223,8 +242,10 @@ class _Sample:
     audit: AuditReading | None
     cost_local: float | None
     cost_cloud: float | None
-    slos: Mapping[str, tuple[float, tuple[float | None, ...]]]
-    """SLO name -> (budget remaining, burn rates over BURN_RATE_WINDOWS_S)."""
+    cost_unattributed: float | None
+    slos: Mapping[str, tuple[float, float, float, tuple[float | None, ...]]]
+    """SLO name -> (budget remaining, budget spent as time, budget allowed so far as time, burn rates over
+    BURN_RATE_WINDOWS_S)."""
 
 
 # --- the page's data -----------------------------------------------------------------------------
@@ -289,15 +310,18 @@ class StatusPage:
         now = self._clock() if now is None else now
         sources = self.sources
         audit = self._read("audit", sources.audit) if sources.audit is not None else None
-        slos: dict[str, tuple[float, tuple[float | None, ...]]] = {}
+        slos: dict[str, tuple[float, float, float, tuple[float | None, ...]]] = {}
         if sources.slos is not None:
             for slo in self._read("slo", sources.slos) or ():
                 rates = tuple(_finite(slo.burn_rates.get(window)) for window in BURN_RATE_WINDOWS_S)
-                slos[slo.name] = (slo.budget_remaining, rates)
+                slos[slo.name] = (slo.budget_remaining, slo.used_downtime_s, _allowed_so_far(slo), rates)
         cost = sources.cost
         local = self._cost_local if cost is not None else None
         cloud = self._cost_cloud if cost is not None and cost.cloud_priced else None
-        self._samples.append(_Sample(now, audit, local, cloud, MappingProxyType(slos)))
+        unattributed = None
+        if cost is not None and cost.unattributed is not None:
+            unattributed = self._read("cost", cost.unattributed)
+        self._samples.append(_Sample(now, audit, local, cloud, unattributed, MappingProxyType(slos)))
 
     def _read(self, source: str, read: Callable[[], Any]) -> Any:
         """The source's answer, or None when it fails (logged once per problem, not per poll)."""
@@ -421,6 +445,7 @@ class StatusPage:
                 series[name] = [_round(values[index]) for _, values in points]
             gpus.append({
                 "gpu": track.gpu, "uuid": track.uuid, "name": track.name, "state": track.state,
+                "simulated": track.simulated,
                 "error": track.error, "seen_at": track.seen_at, "memory_total_mib": track.memory_total_mib,
                 "latest": {name: next((v for v in reversed(series[name]) if v is not None), None)
                            for name in _GPU_FIELDS},
@@ -430,6 +455,7 @@ class StatusPage:
         return {
             "available": True,
             "note": (problem or "no GPU reading yet") if not gpus else None,
+            "simulated": any(gpu["simulated"] for gpu in gpus),
             "step_s": self._gpu_step_s,
             "gpus": gpus,
         }
@@ -454,14 +480,26 @@ class StatusPage:
             history = [(sample.at, sample.slos[slo.name]) for sample in samples if slo.name in sample.slos]
             series: dict[str, list[float | None]] = {
                 "t": [at for at, _ in history],
-                "budget_remaining_ratio": [_finite(budget) for _, (budget, _) in history],
+                "budget_remaining_ratio": [_finite(reading[0]) for _, reading in history],
+                "budget_spent_s": [_finite(reading[1]) for _, reading in history],
+                "budget_allowed_so_far_s": [_finite(reading[2]) for _, reading in history],
             }
             for index, window in enumerate(BURN_RATE_WINDOWS_S):
-                series[f"burn_rate_{_window_name(window)}"] = [rates[index] for _, (_, rates) in history]
+                series[f"burn_rate_{_window_name(window)}"] = [reading[3][index] for _, reading in history]
+            coverage = min(slo.covered_s / slo.period_s, 1.0) if slo.period_s > 0 else 0.0
+            shown = coverage >= BUDGET_MIN_COVERAGE
             slos.append({
                 "name": slo.name, "sli": slo.sli, "objective": slo.objective, "period_s": slo.period_s,
-                "covered_s": slo.covered_s, "total": slo.total, "bad": slo.bad,
+                "covered_s": slo.covered_s, "coverage_ratio": coverage, "total": slo.total, "bad": slo.bad,
                 "availability": _finite(slo.availability), "budget_remaining_ratio": _finite(slo.budget_remaining),
+                "budget": {
+                    # The period's share only once enough of it is counted; time spent against time allowed always.
+                    "remaining_ratio": _finite(slo.budget_remaining) if shown else None,
+                    "min_coverage_ratio": BUDGET_MIN_COVERAGE,
+                    "spent_s": _finite(slo.used_downtime_s),
+                    "allowed_so_far_s": _allowed_so_far(slo),
+                    "allowed_s": slo.allowed_downtime_s,
+                },
                 "burn_rates": {_window_name(window): _finite(rate) for window, rate in slo.burn_rates.items()},
                 "series": series,
             })  # fmt: skip
@@ -544,13 +582,18 @@ class StatusPage:
             return self._off("cost", "cost needs GPU attribution")
         before, samples = self._window_samples(since)
         base = before if before is not None else (samples[0] if samples else None)
-        series: dict[str, list[float | None]] = {"t": [], "local_cumulative": [], "cloud_equivalent_cumulative": []}
+        series: dict[str, list[float | None]] = {"t": [], "local_cumulative": [], "cloud_equivalent_cumulative": [],
+                                                 "unattributed_cumulative": []}  # fmt: skip
         for sample in samples:
             series["t"].append(sample.at)
             series["local_cumulative"].append(_delta(base.cost_local if base else None, sample.cost_local))
             series["cloud_equivalent_cumulative"].append(
                 _delta(base.cost_cloud if base else None, sample.cost_cloud) if cost.cloud_priced else None
             )
+            series["unattributed_cumulative"].append(
+                _delta(base.cost_unattributed if base else None, sample.cost_unattributed)
+            )
+        unattributed = self._read("cost", cost.unattributed) if cost.unattributed is not None else None
         savings = self._read("cost", cost.savings) if cost.cloud_priced else None
         months = self._read("cost", cost.payback_months) if cost.cloud_priced and cost.hardware_price > 0 else None
         notes = []
@@ -566,8 +609,10 @@ class StatusPage:
             "available": True,
             "note": "; ".join(notes) or None,
             "currency": cost.currency,
+            "idle_power": cost.idle_power,
             "latest": {
                 "local_total": self._cost_local,
+                "unattributed_total": _finite(unattributed),
                 "cloud_equivalent_total": self._cost_cloud if cost.cloud_priced else None,
                 "savings_24h": _finite(savings),
                 "payback_months": _finite(months),
@@ -623,6 +668,11 @@ def _delta(base: float | None, current: float | None) -> float | None:
     if base is None or current is None:
         return None
     return current - base if current >= base else current
+
+
+def _allowed_so_far(slo: SloReading) -> float:
+    """The error budget as time over the part of the period counted so far."""
+    return slo.error_budget * slo.covered_s
 
 
 def _fill(audit: AuditReading) -> float | None:

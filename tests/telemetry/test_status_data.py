@@ -30,12 +30,13 @@ def sources(**changes: Any) -> StatusSources:
 
 
 def gpu_sample(at: float, gpu: str = "0", *, util: float = 50.0, state: GpuState = GpuState.OK,
-               instance: str | None = None, **fields: float) -> GpuSample:  # fmt: skip
+               instance: str | None = None, simulated: bool = False, **fields: float) -> GpuSample:  # fmt: skip
     values = {"DCGM_FI_DEV_GPU_UTIL": util, "DCGM_FI_DEV_FB_USED": 3000.0, "DCGM_FI_DEV_FB_FREE": 1000.0,
               "DCGM_FI_DEV_GPU_TEMP": 60.0, "DCGM_FI_DEV_POWER_USAGE": 300.0, **fields}  # fmt: skip
     return GpuSample(at=at, source="nvml", gpu=gpu, uuid=f"GPU-{gpu}", pci_bus_id="", device=f"nvidia{gpu}",
                      model_name="NVIDIA H100 80GB HBM3", hostname="h", state=state,
-                     fields=values if state is GpuState.OK else {}, gpu_instance_id=instance)  # fmt: skip
+                     fields=values if state is GpuState.OK else {}, gpu_instance_id=instance,
+                     simulated=simulated)  # fmt: skip
 
 
 def strict_json(data: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +133,7 @@ def test_gpu_readings_are_averaged_per_5_seconds_per_gpu_with_units() -> None:
     assert [g["gpu"] for g in gpu["gpus"]] == ["0", "1"]
     first = gpu["gpus"][0]
     assert first["uuid"] == "GPU-0" and first["name"] == "NVIDIA H100 80GB HBM3" and first["state"] == "ok"
+    assert first["simulated"] is False and gpu["simulated"] is False
     assert first["memory_total_mib"] == 4000
     series = first["series"]
     # Two closed steps ([T0, T0+5), [T0+5, T0+10)) at their ends, then the open one at the last reading.
@@ -170,10 +172,20 @@ def test_a_lost_gpu_leaves_a_gap_and_the_rings_stay_bounded() -> None:
     assert gpu["series"]["utilization_percent"][-1] is None
 
 
+def test_simulated_gpus_are_marked_as_such() -> None:
+    clock = Clock(T0)
+    page = StatusPage(sources(gpu_problem=lambda: None), clock=clock)
+    page.observe_gpu_sample(gpu_sample(T0, simulated=True))
+    page.observe_gpu_sample(gpu_sample(T0, "1"))
+    gpu = strict_json(page.build())["gpu"]
+    assert gpu["simulated"] is True, "the section says some of its readings are simulated"
+    assert [(g["gpu"], g["simulated"]) for g in gpu["gpus"]] == [("0", True), ("1", False)]
+
+
 def test_gpu_section_says_why_there_is_no_reading() -> None:
     page = StatusPage(sources(gpu_problem=lambda: "NVML is not available: no NVIDIA driver or GPU on this host"))
     assert page.build()["gpu"] == {"available": True, "note": "NVML is not available: no NVIDIA driver or GPU on "
-                                   "this host", "step_s": 5.0, "gpus": []}  # fmt: skip
+                                   "this host", "simulated": False, "step_s": 5.0, "gpus": []}  # fmt: skip
 
 
 # --- audit, cost, SLOs and alerts ----------------------------------------------------------------
@@ -238,8 +250,9 @@ class FakePayback:
 def test_cost_sums_priced_requests_over_the_window_and_shows_payback() -> None:
     clock = Clock(T0)
     payback = FakePayback()
+    idle = [0.0]
     source = CostSource(currency="EUR", hardware_price=30000, cloud_priced=True, savings=payback.savings,
-                        payback_months=payback.months)  # fmt: skip
+                        payback_months=payback.months, unattributed=lambda: idle[0])  # fmt: skip
     page = StatusPage(sources(cost=source), clock=clock)
     page.sample()
     data = strict_json(page.build())["cost"]
@@ -249,6 +262,7 @@ def test_cost_sums_priced_requests_over_the_window_and_shows_payback() -> None:
         for _ in range(10):
             page.observe_exchange(make_exchange(usage=usage))
         page.observe_exchange(make_exchange())  # no usage: not priced
+        idle[0] += 0.5  # what the GPUs cost meanwhile that no request was charged
         clock.now = T0 + 5 * step
         page.sample()
     payback.saved = 0.27
@@ -257,9 +271,12 @@ def test_cost_sums_priced_requests_over_the_window_and_shows_payback() -> None:
     assert data["series"]["t"] == [T0, T0 + 5, T0 + 10, T0 + 15]
     assert data["series"]["local_cumulative"] == pytest.approx([0.0, 0.01, 0.02, 0.03])
     assert data["series"]["cloud_equivalent_cumulative"] == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    assert data["latest"] == {"local_total": pytest.approx(0.03), "cloud_equivalent_total": pytest.approx(0.3),
-                              "savings_24h": 0.27, "payback_months": pytest.approx(30000 / 8.1),
-                              "hardware_price": 30000}  # fmt: skip
+    # Idle GPUs on a line of their own, not loaded onto the requests.
+    assert data["series"]["unattributed_cumulative"] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert data["idle_power"] == "unattributed"
+    assert data["latest"] == {"local_total": pytest.approx(0.03), "unattributed_total": pytest.approx(1.5),
+                              "cloud_equivalent_total": pytest.approx(0.3), "savings_24h": 0.27,
+                              "payback_months": pytest.approx(30000 / 8.1), "hardware_price": 30000}  # fmt: skip
     # Without cloud prices or a hardware price the page says what is missing.
     bare = StatusPage(sources(cost=dataclasses.replace(source, cloud_priced=False, hardware_price=0)), clock=clock)
     bare.sample()
@@ -287,11 +304,18 @@ def test_slo_budget_and_burn_rates_and_alerts_from_the_engine() -> None:
     assert slo["total"] == 1200 and slo["bad"] == 120 and slo["availability"] == pytest.approx(0.9)
     # 10 % errors against a 0.1 % budget: burning 100 times too fast, the budget overspent 99 times.
     assert slo["budget_remaining_ratio"] == pytest.approx(1 - 100)
+    # But a minute of a 30-day period says nothing about the period's budget as a share: the budget is
+    # given as failed-request time against the time allowed so far, with how much of the period is counted.
+    assert slo["coverage_ratio"] == pytest.approx(60 / (30 * 86400))
+    assert slo["budget"] == {"remaining_ratio": None, "min_coverage_ratio": 0.1, "spent_s": pytest.approx(6.0),
+                             "allowed_so_far_s": pytest.approx(0.06), "allowed_s": pytest.approx(2592.0)}  # fmt: skip
     assert slo["burn_rates"]["300"] == pytest.approx(100) and set(slo["burn_rates"]) == {
         "300", "1800", "3600", "7200", "21600", "86400", "259200"}  # fmt: skip
     history = slo["series"]
     assert history["t"] == [T0 + 5 * step for step in range(13)]
     assert history["budget_remaining_ratio"][0] == 1.0 and history["burn_rate_300"][0] is None
+    assert history["budget_spent_s"][0] == 0.0 and history["budget_spent_s"][-1] == pytest.approx(6.0)
+    assert history["budget_allowed_so_far_s"][-1] == pytest.approx(0.06)
     assert history["burn_rate_300"][-1] == pytest.approx(100) and history["burn_rate_3600"][-1] == pytest.approx(100)
     alerts = data["alerts"]
     assert alerts["available"] and alerts["rules"] == {"total": len(engine.rule_states()), "failing": 0}
@@ -303,6 +327,27 @@ def test_slo_budget_and_burn_rates_and_alerts_from_the_engine() -> None:
     # Firing first, then pending.
     states = [alert["state"] for alert in alerts["alerts"]]
     assert states == sorted(states, key=["firing", "pending", "resolved"].index)
+
+
+def test_the_budget_is_a_share_of_the_period_once_a_tenth_of_it_is_counted() -> None:
+    clock = Clock(T0)
+    engine = engine_for(clock)
+    page = StatusPage(sources(slos=engine.slo_status), clock=clock)
+    for day in range(3):  # a request an hour, the first of them failed, for three days
+        for hour in range(24):
+            clock.now = T0 + day * 86400 + hour * 3600
+            status = 500 if day == hour == 0 else 200
+            engine.observe_exchange(make_exchange(status=status, upstream_status=status))
+            if day == 2 and hour == 23:
+                young = strict_json(page.build())["slo"]["slos"][0]
+    clock.now = T0 + 3 * 86400
+    (slo,) = strict_json(page.build())["slo"]["slos"]
+
+    # 2 d 23 h of 30 d counted: still under a tenth, so no percentage of the 30-day budget yet.
+    assert young["coverage_ratio"] < 0.1 and young["budget"]["remaining_ratio"] is None
+    assert young["budget"]["spent_s"] == pytest.approx(71 * 3600 / 72)  # 1 request in 72 failed, over 71 h
+    assert slo["coverage_ratio"] == pytest.approx(0.1)
+    assert slo["budget"]["remaining_ratio"] == slo["budget_remaining_ratio"] == pytest.approx(1 - (1 / 72) / 0.001)
 
 
 # --- parts that are off, and sources that fail ---------------------------------------------------

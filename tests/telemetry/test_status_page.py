@@ -410,9 +410,22 @@ async def test_status_page_renders_populated_charts_in_headless_chromium(
     rate = float(re.search(r"All requests: latest ([\d.]+) requests/s", request_summary).group(1))
     assert rate > 0, request_summary
     assert re.search(r"P95: latest [\d.]+ ms", drawn["ttft"].find("desc").text)
-    assert "GPU 0: latest 87.0 %" in drawn["gpu-util"].find("desc").text  # the simulated H100
+    # The simulated H100 is labelled as such, and works only while requests are at the model server.
+    utilisation = re.search(r"GPU 0 \(simulated\): latest ([\d.]+) %, lowest ([\d.]+) %",
+                            drawn["gpu-util"].find("desc").text)  # fmt: skip
+    assert utilisation and 0 < float(utilisation.group(1)) < 87, drawn["gpu-util"].find("desc").text
     gpu_row = document.by_id("gpu-table").find("tr", data_gpu="0")
     assert "NVIDIA H100 80GB HBM3" in gpu_row.text and "ok" in gpu_row.text
+    assert [span.text for span in gpu_row.find_all("span") if "badge-simulated" in span.classes()] == ["simulated"]
+    notice = document.by_id("gpus").find(data_notice="")
+    assert "hidden" not in notice.attrs and "Simulated GPU" in notice.text
+    # Minutes of a 30-day SLO: the budget as time spent against time allowed, no percentage of the month.
+    slo_tiles = document.by_id("slo-availability").find("dl").text
+    assert "Too early for a percentage" in slo_tiles and "of 30 d observed" in slo_tiles
+    assert "Budget spent so far" in slo_tiles and "Error budget remaining" not in slo_tiles
+    # Nothing the script meant to leave out is written as text.
+    words = re.findall(r"null|undefined|NaN", main.text)  # a stray value sits flush against its neighbour
+    assert not words, f"stray {words} on the page"
     # One in ten answered 500: the error-rate alert is pending, highlighted as the link asked.
     alerts = document.by_id("alerts-table")
     assert [th.text for th in alerts.find("thead").find_all("th")] == ["Alert", "Severity", "State", "Since",
@@ -423,7 +436,9 @@ async def test_status_page_renders_populated_charts_in_headless_chromium(
     assert "of requests are failing" in row.text
     audit_tiles = document.by_id("audit").find("dl").text
     assert "Sink (file)" in audit_tiles and "up" in audit_tiles
-    assert "months" in document.by_id("cost").find("dl").text  # a payback estimate
+    cost_tiles = document.by_id("cost").find("dl").text
+    assert "months" in cost_tiles  # a payback estimate
+    assert "Idle GPU, not charged" in cost_tiles and "gpu.idle_power: unattributed" in cost_tiles
 
     # The screenshots show the charts: many colours, light and dark backgrounds, the series' colours.
     for png, background, series_colour in ((light_png, (255, 255, 255), (9, 105, 218)),
@@ -470,6 +485,23 @@ async def test_each_part_that_is_off_says_so_on_the_page(
         assert "hidden" not in note.attrs and words in note.text, (section_id, note.text)
         assert not document.by_id(section_id).find_all("svg", role="img")
     assert document.by_id("readiness").text == "Ready"
+
+
+async def test_no_stray_null_undefined_or_nan_as_the_demo_runs_it(
+    upstream: TestUpstream, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    # The demo's parts: a simulated GPU, cloud prices and no hardware price, so some tiles are left out.
+    binary = require_tool("chromium")
+    sidecar = await make_sidecar(upstream.url, gpu__nvml__enabled=True, gpu__nvml__simulate=1,
+                                 gpu__cost__cloud_prices=PRICES)  # fmt: skip
+    await wait_for_data(sidecar, lambda data: bool(data["gpu"]["gpus"]), timeout=20)
+    document = await dump_dom(binary, tmp_path / "demo", f"{sidecar.admin_url}/")
+    main = document.find("main")
+    assert "data-rendered" in document.find("body").attrs
+    words = re.findall(r"null|undefined|NaN", main.text)  # a stray value sits flush against its neighbour
+    assert not words, f"stray {words} on the page"
+    assert "no hardware price" in document.by_id("cost").find(data_note="").text
+    assert "Simulated GPU" in document.by_id("gpus").find(data_notice="").text
 
 
 async def test_root_answers_json_to_clients_that_ask_for_it_and_the_page_to_browsers(

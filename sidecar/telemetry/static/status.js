@@ -47,7 +47,13 @@
       charts: root.querySelector("[data-charts]"),
       table: root.querySelector("[data-table]"),
       slos: root.querySelector("[data-slos]"),
+      notice: root.querySelector("[data-notice]"),
     };
+  }
+
+  // replaceChildren() writes a null or undefined child as the text "null": parts that are absent are left out.
+  function setChildren(node, ...children) {
+    node.replaceChildren(...children.filter((child) => child !== null && child !== undefined && child !== false));
   }
 
   function setNote(part, text, off) {
@@ -246,9 +252,11 @@
     return figure;
   }
 
-  function tile(label, value, extra) {
-    return el("div", { class: "tile" }, el("dt", { text: label }), el("dd", {}, value, extra || null));
+  function tile(label, value, ...extra) {
+    return el("div", { class: "tile" }, el("dt", { text: label }), el("dd", {}, value, ...extra));
   }
+
+  function detail(text) { return el("small", { class: "detail", text }); }
 
   function series(t, values, label) { return { t, values, label }; }
 
@@ -282,7 +290,7 @@
     }
     setNote(part, requests.note);
     const w = requests.window;
-    part.tiles.replaceChildren(
+    setChildren(part.tiles,
       tile("Requests, 15 min", significant(w.requests)),
       tile("Mean rate", w.requests_per_s === null ? "–" : `${significant(w.requests_per_s)} requests/s`),
       tile("Server errors", w.error_ratio === null ? "–" : `${(w.error_ratio * 100).toFixed(2)} %`),
@@ -311,6 +319,11 @@
   function renderGpus(data) {
     const part = section("gpus");
     const gpu = data.gpu;
+    part.notice.hidden = !gpu.simulated;
+    part.notice.textContent = gpu.simulated
+      ? "Simulated GPU (gpu.nvml.simulate): these readings come from no hardware. They follow the proxy's load, "
+        + "idle while no request is at the model server, and their metrics carry simulated=\"true\"."
+      : "";
     if (!gpu.available) {
       setNote(part, gpu.note, true);
       part.table.replaceChildren();
@@ -325,19 +338,21 @@
     }
     const fmt = (v, unit) => (v === null ? "–" : formatter(unit)[0](v));
     const head = ["GPU", "Model", "State", "Utilisation", "Memory used", "Temperature", "Power"];
+    const gpuName = (g) => `GPU ${g.gpu}${g.simulated ? " (simulated)" : ""}`;
     part.table.replaceChildren(el("table", { id: "gpu-table" },
       el("caption", { text: "Each GPU's latest reading (5-second averages)" }),
       el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { scope: "col", class: i > 2 ? "num" : null, text: h })))),
       el("tbody", {}, ...gpu.gpus.map((g) => el("tr", { "data-gpu": g.gpu },
         el("th", { scope: "row", text: `GPU ${g.gpu}` }),
-        el("td", {}, g.name, el("br"), el("small", { text: g.uuid })),
+        el("td", {}, g.name, g.simulated ? " " : null, g.simulated ? el("span", { class: "badge badge-simulated", text: "simulated" }) : null,
+          el("br"), el("small", { text: g.uuid })),
         el("td", {}, el("span", { class: `badge ${g.state === "ok" ? "badge-ok" : "badge-bad"}`, text: g.state }), g.error ? ` ${g.error}` : null),
         el("td", { class: "num", text: fmt(g.latest.utilization_percent, "%") }),
         el("td", { class: "num", text: g.latest.memory_used_percent === null ? "–"
           : `${fmt(g.latest.memory_used_percent, "%")}${g.memory_total_mib ? ` of ${significant(g.memory_total_mib / 1024)} GiB` : ""}` }),
         el("td", { class: "num", text: fmt(g.latest.temperature_celsius, "°C") }),
         el("td", { class: "num", text: fmt(g.latest.power_watts, "W") }))))));
-    const per = (field) => gpu.gpus.map((g) => series(g.series.t, g.series[field], `GPU ${g.gpu}`));
+    const per = (field) => gpu.gpus.map((g) => series(g.series.t, g.series[field], gpuName(g)));
     chart(part.charts, { id: "gpu-util", title: "GPU utilisation", unit: "%", yMax: 100, series: per("utilization_percent") }, data);
     chart(part.charts, { id: "gpu-memory", title: "GPU memory used", unit: "%", yMax: 100, series: per("memory_used_percent") }, data);
     chart(part.charts, { id: "gpu-temperature", title: "GPU temperature", unit: "°C", series: per("temperature_celsius") }, data);
@@ -367,11 +382,23 @@
         part.slos.append(article);
       }
       const [heading, tiles, tableWrap, charts] = article.children;
-      heading.textContent = `${item.name}: ${+(item.objective * 100).toPrecision(6)} % ${item.sli} over ${duration(item.period_s)}`;
-      const budget = item.budget_remaining_ratio;
-      const meter = el("progress", { max: 100, value: Math.max(0, Math.min(100, (budget ?? 0) * 100)), "aria-label": `Error budget remaining for ${item.name}` });
-      tiles.replaceChildren(
-        tile("Error budget remaining", budget === null ? "–" : `${(budget * 100).toFixed(1)} %`, meter),
+      const period = duration(item.period_s);
+      heading.textContent = `${item.name}: ${+(item.objective * 100).toPrecision(6)} % ${item.sli} over ${period}`;
+      const budget = item.budget;
+      const observed = `${duration(item.covered_s)} of ${period} observed`;
+      // A young SLO has counted minutes of a 30-day period: a percentage of the period's budget would
+      // extrapolate them to the month. Until enough is counted, the budget is time spent against time allowed.
+      const budgetTile = budget.remaining_ratio === null
+        ? tile(`Error budget, ${period}`, "Too early for a percentage",
+          detail(`${observed}; a percentage from ${duration(item.period_s * budget.min_coverage_ratio)} on`),
+          el("progress", { max: 100, value: Math.min(100, item.coverage_ratio * 100), "aria-label": `Share of the ${period} period observed for ${item.name}` }))
+        : tile(`Error budget remaining, ${period}`, `${(budget.remaining_ratio * 100).toFixed(1)} %`,
+          detail(observed),
+          el("progress", { max: 100, value: Math.max(0, Math.min(100, budget.remaining_ratio * 100)), "aria-label": `Error budget remaining for ${item.name}` }));
+      setChildren(tiles,
+        budgetTile,
+        tile("Budget spent so far", budget.spent_s === null ? "–" : duration(budget.spent_s),
+          detail(`of failed-request time; ${duration(budget.allowed_so_far_s)} allowed in the ${duration(item.covered_s)} observed, ${duration(budget.allowed_s)} per ${period}`)),
         tile(`Availability, ${duration(item.covered_s)} counted`, item.availability === null ? "no requests" : `${(item.availability * 100).toFixed(3)} %`),
         tile("Bad / total", `${significant(item.bad)} / ${significant(item.total)}`),
       );
@@ -382,10 +409,10 @@
         el("tbody", {}, el("tr", {}, el("th", { scope: "row", text: "Burn rate" }),
           ...windows.map((w) => el("td", { class: "num", text: item.burn_rates[w] === null ? "–" : `${significant(item.burn_rates[w])}×` }))))));
       const s = item.series;
-      const budgetPercent = s.budget_remaining_ratio.map((v) => (v === null ? null : v * 100));
       chart(charts, {
-        id: `slo-${key}-budget`, title: `${item.name}: error budget remaining`, unit: "%", yMax: 100, floor: -100, level: 4,
-        unitLabel: "percent (below −100 % drawn at −100 %)", series: [series(s.t, budgetPercent, "Budget remaining")],
+        id: `slo-${key}-budget`, title: `${item.name}: error budget spent`, unit: "s", level: 4,
+        unitLabel: `failed-request time; ${duration(budget.allowed_s)} allowed per ${period}`,
+        series: [series(s.t, s.budget_spent_s, "Spent"), series(s.t, s.budget_allowed_so_far_s, "Allowed so far")],
       }, data);
       chart(charts, {
         id: `slo-${key}-burn`, title: `${item.name}: burn rate`, unit: "x", level: 4,
@@ -408,7 +435,7 @@
     }
     setNote(part, alerts.note);
     const counts = alerts.counts;
-    part.tiles.replaceChildren(
+    setChildren(part.tiles,
       tile("Firing", String(counts.firing)),
       tile("Pending", String(counts.pending)),
       tile("Resolved (recent)", String(counts.resolved)),
@@ -447,7 +474,7 @@
     const latest = audit.latest;
     if (latest) {
       const fill = latest.spool_fill_ratio;
-      part.tiles.replaceChildren(
+      setChildren(part.tiles,
         tile(`Sink (${audit.sink})`, el("span", { class: `badge ${latest.sink_up ? "badge-ok" : "badge-bad"}`, text: latest.sink_up ? "up" : "down" })),
         tile("Accepted", latest.accepted_per_s === null ? significant(latest.accepted) : `${significant(latest.accepted_per_s)}/s`),
         tile("Spool fill", fill === null ? "–" : `${(fill * 100).toFixed(2)} %`,
@@ -478,8 +505,13 @@
     setNote(part, cost.note);
     currency = cost.currency;
     const l = cost.latest;
-    part.tiles.replaceChildren(
-      tile("Local, since start", money(l.local_total)),
+    const idleRule = cost.idle_power === "in_flight"
+      ? "idle power while requests run is in their share (gpu.idle_power: in_flight); this is the rest"
+      : "idle power and hardware time no request used (gpu.idle_power: unattributed)";
+    setChildren(part.tiles,
+      tile("Charged to requests, since start", money(l.local_total)),
+      l.unattributed_total === null || l.unattributed_total === undefined ? null
+        : tile("Idle GPU, not charged, since start", money(l.unattributed_total), detail(idleRule)),
       tile("Cloud equivalent, since start", l.cloud_equivalent_total === null ? "not priced" : money(l.cloud_equivalent_total)),
       tile("Saved, last 24 h", l.savings_24h === null ? "–" : money(l.savings_24h)),
       tile("Hardware paid back in", l.payback_months === null ? "no estimate" : `${significant(l.payback_months)} months`),
@@ -488,7 +520,8 @@
     const s = cost.series;
     chart(part.charts, {
       id: "cost", title: "Cost", unit: "money", unitLabel: `${cost.currency}, summed over the window`,
-      series: [series(s.t, s.local_cumulative, "Local"), series(s.t, s.cloud_equivalent_cumulative, "Cloud equivalent")],
+      series: [series(s.t, s.local_cumulative, "Charged to requests"), series(s.t, s.cloud_equivalent_cumulative, "Cloud equivalent"),
+        series(s.t, s.unattributed_cumulative || [], "Idle, not charged")],
     }, data);
   }
 
