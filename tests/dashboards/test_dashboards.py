@@ -263,7 +263,8 @@ async def _traffic(url: str, stop: asyncio.Event, trace_ids: set[str]) -> None:
             headers = {"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}
             async with client.post(f"{url}/v1/chat/completions", json=chat, headers=headers) as response:
                 await response.read()
-            await send_burst(url, MODEL)
+            # The burst's calls start traces of their own: their ids may be exemplars too.
+            trace_ids.update(sent.trace_id for sent in await send_burst(url, MODEL))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
 
