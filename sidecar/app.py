@@ -76,6 +76,7 @@ from sidecar.proxy.server import ParserLimits, ProxyServer
 from sidecar.proxy.upstream import create_upstream_session
 from sidecar.telemetry.admin import AdminGuard, AdminTlsError, admin_ssl_context, create_admin_app
 from sidecar.telemetry.status import AuditReading, CostSource, StatusPage, StatusSources
+from sidecar.telemetry.instance import stable_instance_id
 from sidecar.telemetry.tracing import Tracing
 from sidecar.telemetry.metrics import (
     BoundedLabel,
@@ -516,7 +517,14 @@ class Sidecar:
 
         self._session = create_upstream_session(config.upstream)
         if config.tracing.enabled:
-            self.tracing = Tracing(config.tracing, instance, provider_name=config.llm.provider_name, scrub=scrub)
+            # The readable `instance` names audit chains and alerts; spans want an id unique to this sidecar.
+            try:
+                service_instance = config.instance_id or stable_instance_id(config.data_dir)
+            except ValueError as exc:
+                raise StartupError(f"data_dir: {exc}") from None
+            self.tracing = Tracing(
+                config.tracing, service_instance, provider_name=config.llm.provider_name, scrub=scrub
+            )
         audit = self.audit
         if config.auth.enabled or config.limits.enabled:
             try:
@@ -551,7 +559,7 @@ class Sidecar:
         status_page = self.status_page = self._build_status_page(instance, readiness)
         self.registry.register(
             LiveGauges(
-                active_requests=lambda: proxy.active_requests,
+                active_requests=proxy.active_requests_by,
                 spans_dropped=lambda: self.tracing.spans_dropped if self.tracing else 0,
                 invalid_trace_headers=lambda: self.tracing.invalid_trace_headers if self.tracing else 0,
                 draining=lambda: proxy.draining,

@@ -409,8 +409,10 @@ class LlmConfig(Section):
     max_event_bytes: Bytes = Field("1MiB", ge=1024)  # type: ignore[assignment]
     """Longest SSE/NDJSON line parsed; longer lines pass through unread (and are counted)."""
     provider_name: str = ""
-    """gen_ai.provider.name on metrics and spans (e.g. vllm); empty: named after the protocol
-    (openai, tgi, ollama, kserve)."""
+    """The product serving the models, as gen_ai.provider.name on spans and metrics and gen_ai.system in
+    audit records: e.g. vllm, sglang, ollama, tgi, llama.cpp, or OpenTelemetry's value where it lists the
+    provider (openai, azure.ai.openai, aws.bedrock, gcp.vertex_ai, ...). Empty: `unknown` on spans and
+    metrics (the protocol does not say which server spoke it) and no gen_ai.system."""
 
 
 class MetricsConfig(Section):
@@ -1210,8 +1212,9 @@ class Config(Section):
     data_dir: Path = Field(default_factory=default_data_dir)
     """Where the sidecar keeps its state (audit spool and files, rule state)."""
     instance_id: str = ""
-    """This sidecar's name in traces and records (service.instance.id); empty: the host name,
-    which is the pod name in Kubernetes and stays the same across restarts."""
+    """This sidecar's name in audit records (one hash chain per name), alerts (`instance`) and, when set,
+    spans (service.instance.id). Empty: the host name (the pod name in Kubernetes) in records and alerts,
+    and on spans a UUID made once and kept in <data_dir>/service-instance-id."""
     upstream: UpstreamConfig = UpstreamConfig()
     proxy: ProxyConfig = ProxyConfig()
     llm: LlmConfig = LlmConfig()

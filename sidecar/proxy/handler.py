@@ -332,6 +332,9 @@ class ProxyHandler:
         self._admission = admission
         self._settle = settle
         self._active = 0
+        # In flight by (method, scheme) as received; a key leaves at zero, so methods a client
+        # makes up cannot pile up.
+        self._active_by: dict[tuple[str, str], int] = {}
         # Requests at the model server, and over wall time their integral and the time with at least
         # one there, kept exactly at each start and end: GPU attribution shares energy by them.
         self._upstream_active = 0
@@ -347,6 +350,10 @@ class ProxyHandler:
     @property
     def active_requests(self) -> int:
         return self._active
+
+    def active_requests_by(self) -> dict[tuple[str, str], int]:
+        """Requests in flight by (method, scheme) as received; only those with one in flight."""
+        return dict(self._active_by)
 
     def request_seconds(self) -> float:
         """Seconds of requests at the model server, summed over requests, since the handler was built."""
@@ -410,6 +417,8 @@ class ProxyHandler:
         if task is not None:
             self._tasks.add(task)
         self._active += 1
+        active_by, key = self._active_by, (request.method, request.scheme)
+        active_by[key] = active_by.get(key, 0) + 1
         self._idle.clear()
         try:
             response = await self._forward(request, settings, flight)
@@ -431,6 +440,10 @@ class ProxyHandler:
             if task is not None:
                 self._tasks.discard(task)
             self._active -= 1
+            if active_by[key] > 1:
+                active_by[key] -= 1
+            else:
+                del active_by[key]
             if flight.forwarded is not None:
                 self._count_upstream(-1)
             if not self._active:

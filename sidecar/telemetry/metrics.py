@@ -6,8 +6,9 @@ Names follow OpenTelemetry's semantic conventions translated to Prometheus
 so dashboards written for OTel-instrumented servers work unchanged; the
 sidecar's own series are prefixed `sidecar_`.
 
-Every label has a bounded set of values: unknown HTTP methods become `_OTHER`
-and unknown paths `other` (as route templates), and only the first
+Every label has a bounded set of values: unknown HTTP methods become `_OTHER`,
+`url_scheme` is `http` or `https`, unknown paths `other` (as route templates),
+`error_type` is one of the sidecar's error codes, and only the first
 `metrics.max_models` model names get a label value of their own. Latency
 histograms carry the request's trace id as an exemplar (OpenMetrics), so a
 slow bucket in Grafana opens the trace behind it.
@@ -16,7 +17,7 @@ slow bucket in Grafana opens the trace behind it.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,7 +34,7 @@ from sidecar.buckets import (
     TTFT_BUCKETS,
 )
 from sidecar.exchange import Exchange, HealthResult, HealthState, Outcome
-from sidecar.telemetry.semconv import method_label, provider_name
+from sidecar.telemetry.semconv import gen_ai_provider, method_label, scheme_label
 
 _PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _UPSTREAM_OUTCOMES = frozenset({Outcome.UPSTREAM_UNAVAILABLE, Outcome.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_ERROR})
@@ -79,6 +80,11 @@ def _exemplar(exchange: Exchange) -> dict[str, str] | None:
     return {"trace_id": exchange.trace_id} if exchange.trace_id and exchange.trace_sampled else None
 
 
+# The attributes OpenTelemetry requires (method, scheme) or requires when present (status, route,
+# error type) on each of the three HTTP server histograms.
+_HTTP_LABELS = ("http_request_method", "url_scheme", "http_response_status_code", "http_route", "error_type")
+
+
 class ExchangeMetrics:
     """HTTP server metrics and the sidecar's own, from each Exchange."""
 
@@ -86,21 +92,21 @@ class ExchangeMetrics:
         self._duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests, from the first byte read to the last byte written.",
-            ["http_request_method", "http_response_status_code", "http_route", "error_type"],
+            _HTTP_LABELS,
             buckets=HTTP_DURATION_BUCKETS,
             registry=registry,
         )
         self._request_size = Histogram(
             "http_server_request_body_size_bytes",
             "Size of HTTP server request bodies.",
-            ["http_request_method", "http_route"],
+            _HTTP_LABELS,
             buckets=BODY_SIZE_BUCKETS,
             registry=registry,
         )
         self._response_size = Histogram(
             "http_server_response_body_size_bytes",
             "Size of HTTP server response bodies.",
-            ["http_request_method", "http_route"],
+            _HTTP_LABELS,
             buckets=BODY_SIZE_BUCKETS,
             registry=registry,
         )
@@ -129,19 +135,29 @@ class ExchangeMetrics:
             self._outcomes.labels(outcome.value)
         for phase in ("before_response", "mid_response"):
             self._disconnects.labels(phase)
-        self._durations = LabelledChildren(self._duration)
-        self._request_sizes = LabelledChildren(self._request_size)
-        self._response_sizes = LabelledChildren(self._response_size)
+        # The three histograms' children per label tuple: one lookup per request for all three.
+        self._http_children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram]] = {}
         self._outcome_counts = LabelledChildren(self._outcomes)
 
     def __call__(self, exchange: Exchange) -> None:
-        method = method_label(exchange.method)
-        route = exchange.route or "other"
-        self._durations(method, str(exchange.status), route, exchange.error_type or "").observe(
-            exchange.duration_s, _exemplar(exchange)
+        labels = (
+            method_label(exchange.method),
+            scheme_label(exchange.scheme),
+            str(exchange.status),
+            exchange.route or "other",
+            exchange.error_type or "",
         )
-        self._request_sizes(method, route).observe(exchange.request_body_bytes)
-        self._response_sizes(method, route).observe(exchange.response_body_bytes)
+        children = self._http_children.get(labels)
+        if children is None:
+            children = self._http_children[labels] = (
+                self._duration.labels(*labels),
+                self._request_size.labels(*labels),
+                self._response_size.labels(*labels),
+            )
+        duration, request_size, response_size = children
+        duration.observe(exchange.duration_s, _exemplar(exchange))
+        request_size.observe(exchange.request_body_bytes)
+        response_size.observe(exchange.response_body_bytes)
         self._outcome_counts(exchange.outcome.value).inc()
         self._overhead.observe(exchange.proxy_overhead_s)
         if exchange.outcome in _UPSTREAM_OUTCOMES:
@@ -155,7 +171,7 @@ class GenAiMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, max_models: int, provider_name: str = "") -> None:
         labels = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
-        self._provider_name = provider_name
+        self._provider = gen_ai_provider(provider_name)
         self._model = BoundedLabel(max_models)
         self._duration = Histogram(
             "gen_ai_server_request_duration_seconds",
@@ -202,7 +218,7 @@ class GenAiMetrics:
             return
         labels = (
             call.operation,
-            provider_name(self._provider_name, call.protocol),
+            self._provider,
             self._model(call.request_model or call.response_model) or "unknown",
         )
         exemplar = _exemplar(exchange)
@@ -268,14 +284,18 @@ class LiveGauges(Collector):
     def __init__(
         self,
         *,
-        active_requests: Callable[[], int],
+        active_requests: Callable[[], Mapping[tuple[str, str], int]],
         draining: Callable[[], bool],
         observer_failures: Callable[[], dict[str, int]],
         spans_dropped: Callable[[], int],
         invalid_trace_headers: Callable[[], int],
         header_timeouts: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`active_requests` gives the requests in flight by (method, scheme) as received."""
         self._active_requests = active_requests
+        # Label pairs seen so far (at most the known methods and _OTHER, times http and https):
+        # each is reported, at 0 when idle, as OpenTelemetry's up-down counter would keep it.
+        self._active_seen: dict[tuple[str, str], int] = {}
         self._header_timeouts = header_timeouts
         self._spans_dropped = spans_dropped
         self._invalid_trace_headers = invalid_trace_headers
@@ -283,9 +303,19 @@ class LiveGauges(Collector):
         self._observer_failures = observer_failures
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-        yield GaugeMetricFamily(
-            "http_server_active_requests", "Requests being handled by the proxy right now.", value=self._active_requests()
+        active = dict.fromkeys(self._active_seen, 0)
+        for (method, scheme), count in self._active_requests().items():
+            labels = (method_label(method), scheme_label(scheme))
+            active[labels] = active.get(labels, 0) + count
+        self._active_seen = active
+        family = GaugeMetricFamily(
+            "http_server_active_requests",
+            "Requests being handled by the proxy right now.",
+            labels=["http_request_method", "url_scheme"],
         )
+        for labels, count in active.items():
+            family.add_metric(labels, count)
+        yield family
         yield GaugeMetricFamily(
             "sidecar_draining",
             "1 while the sidecar is shutting down and draining in-flight requests.",

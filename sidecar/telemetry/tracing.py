@@ -13,10 +13,11 @@ double the spans exported per request while adding little, since the model
 server's own spans nest under the sidecar's span and the Exchange already
 records when the upstream answered (`upstream_response_start_s`).
 
-Spans follow the HTTP server conventions (name `{method} {route}`, stable
-`http.*`, `url.*`, `server.*`, `client.*` attributes) plus the GenAI ones for
-model calls, an event at the first token, and ERROR status for 5xx and
-timeouts. Prompt and completion content are never recorded.
+Spans follow the HTTP server conventions of semantic conventions 1.44.0 (name
+`{method} {route}`, stable `http.*`, `url.*`, `server.*`, `client.*`
+attributes, credentials in `url.query` redacted) plus the GenAI ones of 1.41.0
+for model calls, and ERROR status for 5xx and timeouts; the tracer and the
+resource name that schema. Prompt and completion content are never recorded.
 
 Without an exporter (the default) the sidecar opens no span of its own: it
 forwards the caller's `traceparent`/`tracestate` unchanged and records the
@@ -52,7 +53,7 @@ from sidecar import __version__
 from sidecar.config import TracingConfig
 from sidecar.exchange import Exchange, Outcome, well_formed
 from sidecar.telemetry.otel_private import queued_spans
-from sidecar.telemetry.semconv import KNOWN_METHODS, method_label, provider_name
+from sidecar.telemetry.semconv import KNOWN_METHODS, SCHEMA_URL, gen_ai_provider, method_label, redacted_query
 from sidecar.telemetry.tracestate import is_valid_tracestate
 
 # Written by the sidecar on upstream requests; the client's copies are not forwarded.
@@ -170,9 +171,10 @@ class Tracing:
         provider_name: str = "",
         scrub: Callable[[str], str] | None = None,
     ) -> None:
-        """`scrub` masks personal data and credentials in the path before it leaves in a span."""
+        """`instance_id` is service.instance.id; `scrub` masks personal data and credentials in the
+        path and query before they leave in a span."""
         self.config = config
-        self._provider_name = provider_name
+        self._gen_ai_provider = gen_ai_provider(provider_name)
         self._scrub = scrub
         self.invalid_trace_headers = 0
         # One warning per dropped span is noise; the count goes to /metrics.
@@ -194,7 +196,9 @@ class Tracing:
         # Not the SDK's own shutdown at exit: that waits up to 30 s on a hanging collector. The
         # sidecar's stop calls `shutdown`, which gives up after two seconds.
         self._provider = TracerProvider(
-            resource=Resource.create(attributes), sampler=ParentBased(root), shutdown_on_exit=False
+            resource=Resource.create(attributes, schema_url=SCHEMA_URL),
+            sampler=ParentBased(root),
+            shutdown_on_exit=False,
         )
         self._processor: CountingBatchSpanProcessor | None = None
         if exporter is not None:
@@ -206,7 +210,7 @@ class Tracing:
                 export_timeout_millis=config.timeout * 1000,
             )
             self._provider.add_span_processor(self._processor)
-        self._tracer = self._provider.get_tracer("inference-sidecar", __version__)
+        self._tracer = self._provider.get_tracer("inference-sidecar", __version__, schema_url=SCHEMA_URL)
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
         # The propagators warn for each malformed header a client sends, quoting it: the log
         # would carry whatever a hostile client likes. Such headers are dropped either way, and
@@ -281,6 +285,10 @@ class Tracing:
         }
         if method == "_OTHER":
             attributes["http.request.method_original"] = exchange.method
+        if exchange.query:
+            # Scrubbed first, so that the redactor does not mask the REDACTED that OpenTelemetry asks for.
+            query = well_formed(exchange.query) or ""
+            attributes["url.query"] = redacted_query(scrub(query) if scrub else query)
         if port.isdigit():
             attributes["server.port"] = int(port)
         if exchange.route:
@@ -305,7 +313,7 @@ class Tracing:
         call = exchange.gen_ai
         if call is not None:
             attributes["gen_ai.operation.name"] = call.operation
-            attributes["gen_ai.provider.name"] = provider_name(self._provider_name, call.protocol)
+            attributes["gen_ai.provider.name"] = self._gen_ai_provider
             for key, value in (
                 ("gen_ai.request.model", call.request_model),
                 ("gen_ai.response.model", call.response_model),
@@ -316,8 +324,9 @@ class Tracing:
                     attributes[key] = value
             if call.finish_reasons:
                 attributes["gen_ai.response.finish_reasons"] = list(call.finish_reasons)
-            if call.time_to_first_token_s is not None:
-                span.add_event("gen_ai.first_token", timestamp=start_ns + int(call.time_to_first_token_s * 1e9))
+            if call.stream and call.time_to_first_token_s is not None:
+                # Counted to the first chunk with content: a role-only opening chunk says nothing of the model.
+                attributes["gen_ai.response.time_to_first_chunk"] = call.time_to_first_token_s
         span.set_attributes(attributes)  # type: ignore[arg-type]
         if failed:
             message = exchange.error_message

@@ -42,6 +42,8 @@ class OtlpReceiver:
     def __init__(self, hang: bool = False) -> None:
         self.hang = hang
         self.spans: list[ReceivedSpan] = []
+        # ("resource" or "scope", schema URL) as the exports named them; empty names included.
+        self.schema_urls: set[tuple[str, str]] = set()
         self.requests = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -70,6 +72,8 @@ class OtlpReceiver:
         message = ExportTraceServiceRequest.FromString(body)
         for resource_spans in message.resource_spans:
             resource = {kv.key: any_value(kv.value) for kv in resource_spans.resource.attributes}
+            self.schema_urls.add(("resource", resource_spans.schema_url))
             for scope_spans in resource_spans.scope_spans:
+                self.schema_urls.add(("scope", scope_spans.schema_url))
                 self.spans.extend(ReceivedSpan(span, resource) for span in scope_spans.spans)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")

@@ -10,7 +10,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from tests.conftest import SidecarFactory
-from tests.support.tools import wait_for
+from tests.support.tools import closed_port, wait_for
 from tests.support.upstream import TestUpstream
 
 
@@ -55,7 +55,7 @@ async def test_metrics_parse_in_both_formats_and_count_requests(upstream: TestUp
     completed = [s.value for s in families["sidecar_exchanges"].samples if s.labels == {"outcome": "completed"} and s.name.endswith("_total")]
     assert completed == [3]
     sizes = families["http_server_request_body_size_bytes"].samples
-    assert [s.value for s in sizes if s.name.endswith("_sum")] == [9]
+    assert sum(s.value for s in sizes if s.name.endswith("_sum")) == 9  # by status: 200 and 503
     assert {s.labels["http_route"] for s in sizes} == {"other"}  # /echo is no known route
 
     content_type, text = await scrape(sidecar.admin_url, "application/openmetrics-text; version=1.0.0")
@@ -102,3 +102,38 @@ async def test_healthy_index_and_unwritable_data_dir(upstream: TestUpstream, mak
         async with client.get(f"{sidecar.url}/-/healthy") as response:
             assert response.status == 404
     assert upstream.requests == []
+
+
+async def test_http_series_carry_the_attributes_the_conventions_require(upstream: TestUpstream, make_sidecar: SidecarFactory, tmp_path):
+    sidecar = await make_sidecar(upstream.url)
+    unreachable = await make_sidecar(f"http://127.0.0.1:{closed_port()}", data_dir=str(tmp_path / "unreachable"))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{sidecar.url}/echo?x=1", data=b"abc") as response:
+            await response.read()
+        async with client.get(f"{sidecar.url}/status/503") as response:
+            await response.read()
+        async with client.get(f"{unreachable.url}/echo") as response:
+            assert response.status == 502
+        slow = asyncio.create_task(client.get(f"{sidecar.url}/slow-start?delay=0.5"))
+        await wait_for(lambda: sidecar.sidecar.proxy.active_requests == 1, what="the request in flight")
+        text = (await scrape(sidecar.admin_url))[1]
+        (await slow).release()
+        unreachable_text = (await scrape(unreachable.admin_url))[1]
+    families = {family.name: family for family in parse_prometheus(text)}
+    failed = {family.name: family for family in parse_prometheus(unreachable_text)}
+    error_type = unreachable.exchanges[0].error_type
+    assert error_type
+    for name in ("http_server_request_duration_seconds", "http_server_request_body_size_bytes",
+                 "http_server_response_body_size_bytes"):  # fmt: skip
+        counts = sorted((s.labels for s in families[name].samples if s.name.endswith("_count")), key=str)
+        assert counts == [
+            {"http_request_method": "GET", "url_scheme": "http", "http_response_status_code": "503",
+             "http_route": "other", "error_type": ""},
+            {"http_request_method": "POST", "url_scheme": "http", "http_response_status_code": "200",
+             "http_route": "other", "error_type": ""},
+        ], name  # fmt: skip
+        (count,) = [s.labels for s in failed[name].samples if s.name.endswith("_count")]
+        assert count == {"http_request_method": "GET", "url_scheme": "http", "http_response_status_code": "502",
+                         "http_route": "other", "error_type": error_type}, name  # fmt: skip
+    active = [(s.labels, s.value) for s in families["http_server_active_requests"].samples]
+    assert active == [({"http_request_method": "GET", "url_scheme": "http"}, 1.0)]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
+from yarl import URL
 
 from tests.conftest import RunningSidecar, SidecarFactory
 from tests.support.otlp import OtlpReceiver
@@ -19,6 +23,8 @@ from tests.support.upstream import TestUpstream
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+# The semantic conventions the spans follow: HTTP as of 1.44.0; GenAI as of 1.41.0, which 1.44.0 carries unchanged.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 
 
 # The SDK's batch worker, and the thread the sidecar's bounded shutdown runs the SDK's in.
@@ -52,6 +58,11 @@ def make_sidecar(receiver: OtlpReceiver, make_sidecar: SidecarFactory) -> Sideca
     """The shared factory, set up after the receiver so that its sidecars stop before the receiver
     does: one stopped after it would spend its last export retrying into a closed port."""
     return make_sidecar
+
+
+async def scrape_metrics(client: aiohttp.ClientSession, admin_url: str) -> dict:
+    async with client.get(f"{admin_url}/metrics") as response:
+        return {family.name: family for family in parse_prometheus(await response.text())}
 
 
 def upstream_header(upstream: TestUpstream, index: int, name: str) -> str | None:
@@ -140,7 +151,7 @@ async def test_exported_span_follows_http_and_gen_ai_conventions(upstream: TestU
     assert chat.end_ns - chat.start_ns == pytest.approx(exchange.duration_s * 1e9, abs=1000)
 
 
-async def test_first_token_event_and_exemplars_on_a_streamed_call(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
+async def test_exemplars_on_a_streamed_call(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
     sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint)
     # A streamed chat answer whose first event carries content (then breaks off, which does not matter here).
     async with aiohttp.ClientSession() as client:
@@ -149,10 +160,6 @@ async def test_first_token_event_and_exemplars_on_a_streamed_call(upstream: Test
         async with client.get(f"{sidecar.admin_url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as response:
             text = await response.text()
     exchange = sidecar.exchanges[0]
-    await wait_for(lambda: len(receiver.spans) == 1, what="the span")
-    (event_name, event_ns), = receiver.spans[0].events
-    assert event_name == "gen_ai.first_token"
-    assert event_ns == pytest.approx(receiver.spans[0].start_ns + exchange.gen_ai.time_to_first_token_s * 1e9, abs=1000)
     families = {f.name: f for f in parse_openmetrics(text)}
     for name in ("http_server_request_duration_seconds", "gen_ai_server_request_duration_seconds", "gen_ai_server_time_to_first_token_seconds"):
         exemplars = [s.exemplar for s in families[name].samples if s.exemplar is not None]
@@ -252,3 +259,101 @@ async def test_the_caller_rides_on_the_span(upstream: TestUpstream, make_sidecar
     assert (attributes["user.id"], attributes["sidecar.tenant"]) == ("alice", "acme")
     assert (attributes["sidecar.auth.method"], attributes["sidecar.auth.tier"]) == ("api_key", "paid")
     assert credentials.keys["acme-1"] not in str(attributes)
+
+
+async def test_the_query_string_is_on_the_span_with_credentials_redacted(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
+    sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint)
+    # OpenTelemetry's list, then keys that name a credential; the rest as sent.
+    query = ("q=llama&sig=c2lnbmF0dXJl&X-Amz-Signature=abc123&X-Amz-Credential=AKID%2F20250101&"
+             "X-Amz-Security-Token=tok&X-Goog-Signature=ff00&api_key=s3cr3t-value&token=t0k&"
+             "access_token=at&apiKey=k1&empty=&flag&n=2")  # fmt: skip
+    async with aiohttp.ClientSession() as client:
+        async with client.get(URL(f"{sidecar.url}/echo?{query}", encoded=True)) as response:
+            assert response.status == 200
+        async with client.get(f"{sidecar.url}/echo/plain") as response:
+            assert response.status == 200
+        async with client.get(f"{sidecar.url}/echo/mail?contact=alice@example.com&page=2") as response:
+            assert response.status == 200
+    assert upstream.requests[0]["raw_path"] == f"/echo?{query}"  # forwarded as it came
+    await wait_for(lambda: len(receiver.spans) == 3, what="three exported spans")
+    queried, plain, mail = sorted(receiver.spans, key=lambda s: s.start_ns)
+    assert queried.attributes["url.query"] == (
+        "q=llama&sig=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED&"
+        "X-Amz-Security-Token=REDACTED&X-Goog-Signature=REDACTED&api_key=REDACTED&token=REDACTED&"
+        "access_token=REDACTED&apiKey=REDACTED&empty=&flag&n=2"
+    )
+    assert queried.attributes["url.path"] == "/echo"
+    assert "url.query" not in plain.attributes  # only when one was received
+    # The sidecar's redactor masks personal data in queries as it does in paths.
+    assert mail.attributes["url.query"] == "contact=[REDACTED:email]&page=2"
+
+
+async def test_the_query_method_is_a_known_method(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
+    sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint)
+    async with aiohttp.ClientSession() as client:
+        async with client.request("QUERY", f"{sidecar.url}/echo", data=b"select 1") as response:
+            assert response.status == 200
+        # aiohttp's parser takes only methods llhttp knows: PURGE is one, and no HTTP standard's.
+        async with client.request("PURGE", f"{sidecar.url}/echo") as response:
+            assert response.status == 200
+        metrics = await scrape_metrics(client, sidecar.admin_url)
+    await wait_for(lambda: len(receiver.spans) == 2, what="two exported spans")
+    query, purge = sorted(receiver.spans, key=lambda s: s.start_ns)
+    assert (query.name, query.attributes["http.request.method"]) == ("QUERY", "QUERY")
+    assert "http.request.method_original" not in query.attributes
+    assert (purge.name, purge.attributes["http.request.method"]) == ("HTTP", "_OTHER")
+    assert purge.attributes["http.request.method_original"] == "PURGE"
+    methods = {s.labels["http_request_method"] for s in metrics["http_server_request_duration_seconds"].samples}
+    assert methods == {"QUERY", "_OTHER"}
+
+
+async def test_streamed_calls_carry_the_time_to_first_chunk_attribute(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
+    sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint)
+    async with aiohttp.ClientSession() as client:
+        # A streamed answer whose first event carries content (then breaks off, which does not matter here).
+        async with client.post(f"{sidecar.url}/v1/chat/completions", json={"model": "m", "stream": True},
+                               headers={"X-Fault": "truncated-sse"}) as response:  # fmt: skip
+            await response.read()
+        async with client.post(f"{sidecar.url}/v1/chat/completions", json={"model": "m"}) as response:
+            await response.read()
+    await wait_for(lambda: len(receiver.spans) == 2, what="two exported spans")
+    streamed, answered = sorted(receiver.spans, key=lambda s: s.start_ns)
+    call = sidecar.exchanges[0].gen_ai
+    assert call is not None and call.time_to_first_token_s is not None
+    assert streamed.attributes["gen_ai.response.time_to_first_chunk"] == pytest.approx(call.time_to_first_token_s)
+    # No event of the sidecar's own under OpenTelemetry's gen_ai namespace.
+    assert [name for name, _ in streamed.events if name.startswith("gen_ai.")] == []
+    assert "gen_ai.response.time_to_first_chunk" not in answered.attributes
+
+
+async def test_unset_provider_name_is_unknown_not_the_protocol(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver):
+    sidecar = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint)  # llm.provider_name unset
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{sidecar.url}/v1/chat/completions", json={"model": "m"}) as response:
+            await response.read()
+        metrics = await scrape_metrics(client, sidecar.admin_url)
+    await wait_for(lambda: len(receiver.spans) == 1, what="the exported span")
+    # An OpenAI-compatible server is not OpenAI: backends price and group calls by this attribute.
+    assert receiver.spans[0].attributes["gen_ai.provider.name"] == "unknown"
+    providers = {s.labels["gen_ai_provider_name"] for s in metrics["gen_ai_server_request_duration_seconds"].samples}
+    assert providers == {"unknown"}
+
+
+async def test_spans_name_their_schema_and_a_stable_uuid_instance(upstream: TestUpstream, make_sidecar: SidecarFactory, receiver: OtlpReceiver, tmp_path):
+    first = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint, instance_id="")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{first.url}/echo") as response:
+            await response.read()
+    await wait_for(lambda: len(receiver.spans) == 1, what="the first span")
+    await first.sidecar.stop()
+    # The same data dir, restarted: the same instance.
+    second = await otlp_sidecar(make_sidecar, upstream, receiver.endpoint, instance_id="")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{second.url}/echo") as response:
+            await response.read()
+    await wait_for(lambda: len(receiver.spans) == 2, what="the second span")
+    ids = [span.resource["service.instance.id"] for span in receiver.spans]
+    assert ids[0] == ids[1] and str(uuid.UUID(ids[0])) == ids[0] and uuid.UUID(ids[0]).version == 4
+    assert ids[0] != socket.gethostname()
+    assert (tmp_path / "data" / "service-instance-id").read_text().strip() == ids[0]
+    assert receiver.schema_urls == {("resource", SCHEMA_URL), ("scope", SCHEMA_URL)}
