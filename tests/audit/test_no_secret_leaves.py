@@ -26,6 +26,17 @@ from tests.support.upstream import TestUpstream
 pytestmark = pytest.mark.integration
 
 
+WRITE_EVERYTHING = {
+    "SIDECAR_LOG__ACCESS_LOG": "true",
+    "SIDECAR_LOG__LEVEL": "debug",
+    "SIDECAR_TRACING__EXPORTER": "console",
+    "SIDECAR_AUDIT__CONTENT": "redacted",
+    "SIDECAR_AUDIT__ELASTICSEARCH__BATCH_AGE": "20ms",
+}
+"""Environment for a sidecar process that writes all it can: access log, debug log, spans to its
+log, redacted bodies, audit batches flushed quickly; a search for secrets then sees everything."""
+
+
 def _prc_id(rng: random.Random) -> str:
     body = f"{rng.choice(['110105', '310104', '440305'])}19{rng.randint(50, 99)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(100, 999)}"
     weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
@@ -118,13 +129,7 @@ def _everything_written(root: Path) -> bytes:
 async def test_no_planted_secret_reaches_any_sink_or_log(sink: str, upstream: TestUpstream, tmp_path: Path) -> None:
     values = planted_values()
     async with ElasticsearchStandIn() as elastic:
-        env = {
-            "SIDECAR_LOG__ACCESS_LOG": "true",
-            "SIDECAR_LOG__LEVEL": "debug",
-            "SIDECAR_TRACING__EXPORTER": "console",
-            "SIDECAR_AUDIT__CONTENT": "redacted",
-            "SIDECAR_AUDIT__ELASTICSEARCH__BATCH_AGE": "20ms",
-        }
+        env = dict(WRITE_EVERYTHING)
         if sink == "elasticsearch":
             env["SIDECAR_AUDIT__ELASTICSEARCH__URL"] = elastic.url
         sidecar = SidecarProcess(upstream.url, tmp_path, env=env)

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from sidecar.testing.elastic import ElasticsearchStandIn
+from tests.audit.test_no_secret_leaves import WRITE_EVERYTHING
 from tests.security.test_hostile_input import send_raw
 from tests.support.process import SidecarProcess
 from tests.support.tools import wait_for
@@ -124,14 +125,7 @@ async def test_no_credential_from_a_refused_request_or_response_is_written_anywh
     rng = random.Random(16)
     secrets: list[str] = []
     async with ElasticsearchStandIn() as elastic:
-        env = {
-            "SIDECAR_LOG__ACCESS_LOG": "true",
-            "SIDECAR_LOG__LEVEL": "debug",
-            "SIDECAR_TRACING__EXPORTER": "console",
-            "SIDECAR_AUDIT__CONTENT": "redacted",
-            "SIDECAR_AUDIT__ELASTICSEARCH__URL": elastic.url,
-            "SIDECAR_AUDIT__ELASTICSEARCH__BATCH_AGE": "20ms",
-        }
+        env = {**WRITE_EVERYTHING, "SIDECAR_AUDIT__ELASTICSEARCH__URL": elastic.url}
         sidecar = SidecarProcess(malformed_upstream, tmp_path, env=env)
         await sidecar.start()
         try:

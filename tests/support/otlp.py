@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -77,3 +80,20 @@ class OtlpReceiver:
                 self.schema_urls.add(("scope", scope_spans.schema_url))
                 self.spans.extend(ReceivedSpan(span, resource) for span in scope_spans.spans)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    """An OTLP receiver on a loopback port, for the test's sidecars to export to."""
+    server = OtlpReceiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(name="make_sidecar")
+def make_sidecar_after_receiver(receiver: OtlpReceiver, make_sidecar: Any) -> Any:
+    """`make_sidecar` for a module that imports this: the shared factory, set up after the receiver
+    so that its sidecars stop (and flush) before the receiver does; one stopped after it would
+    spend its last export retrying into a closed port."""
+    return make_sidecar

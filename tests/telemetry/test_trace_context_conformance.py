@@ -21,6 +21,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from tests.conftest import RunningSidecar, SidecarFactory
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.otlp import make_sidecar_after_receiver, receiver  # noqa: F401 (fixtures)
 from tests.support.tools import wait_for
 from tests.support.upstream import TestUpstream
 
@@ -131,18 +132,6 @@ AT_SIGN_KEYS = [
 ]
 
 
-@pytest.fixture
-async def receiver():
-    server = OtlpReceiver()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def make_sidecar(receiver: OtlpReceiver, make_sidecar: SidecarFactory) -> SidecarFactory:
-    """Set up after the receiver, so that its sidecars stop (and flush) before the receiver does."""
-    return make_sidecar
 
 
 def header_values(upstream: TestUpstream, index: int, name: str) -> list[str]:

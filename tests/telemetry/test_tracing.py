@@ -17,6 +17,7 @@ from yarl import URL
 
 from tests.conftest import RunningSidecar, SidecarFactory
 from tests.support.otlp import OtlpReceiver
+from tests.support.otlp import make_sidecar_after_receiver, receiver  # noqa: F401 (fixtures)
 from tests.support.tools import closed_port, wait_for
 from tests.support.upstream import TestUpstream
 
@@ -45,19 +46,6 @@ def no_span_export_outlives_the_test() -> Iterator[None]:
     assert [thread.name for thread in left if thread.is_alive()] == []
 
 
-@pytest.fixture
-async def receiver():
-    server = OtlpReceiver()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def make_sidecar(receiver: OtlpReceiver, make_sidecar: SidecarFactory) -> SidecarFactory:
-    """The shared factory, set up after the receiver so that its sidecars stop before the receiver
-    does: one stopped after it would spend its last export retrying into a closed port."""
-    return make_sidecar
 
 
 async def scrape_metrics(client: aiohttp.ClientSession, admin_url: str) -> dict:
