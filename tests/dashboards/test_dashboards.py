@@ -367,7 +367,10 @@ async def test_every_panel_query_returns_data(demo: DemoProcess, make_sidecar: S
                 + f"\nPrometheus log:\n{prometheus_log(tmp_path)}"
             )
 
-            # Exemplars: what Grafana asks for on latency panels leads to the traced requests.
+            # Exemplars: what Grafana asks for on latency panels leads to the traced requests. The
+            # traffic stops first, so every trace id it started is known before they are compared.
+            stop.set()
+            await asyncio.wait_for(traffic, 30)
             no_exemplars = []
             for name, dashboard in dashboards.items():
                 for panel, t in targets(dashboard):
