@@ -102,6 +102,7 @@ import json
 import os
 import random
 import re
+import signal
 import time
 import uuid
 from collections import Counter
@@ -2729,10 +2730,18 @@ async def _serve_forever(host: str, port: int, builtin_templates: bool, check_ma
     server = ElasticsearchStandIn(host, port, builtin_templates=builtin_templates)
     server.cluster.check_mappings = check_mappings
     url = await server.start()
-    print(f"Elasticsearch stand-in listening on {url} (Ctrl-C stops it)", flush=True)
+    print(f"Elasticsearch stand-in listening on {url} (Ctrl-C or SIGTERM stops it)", flush=True)
+    # Handlers of its own: a process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt, so Ctrl-C alone would not do.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         await server.stop()
 
 
