@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-CHECKED_RANGE = ">=3.14,<3.15"
+CHECKED_RANGE = ">=3.14.4,<3.15"
 """The aiohttp releases whose internals this module was checked against (as in pyproject.toml)."""
 
 _REQUEST_HANDLER_ATTRIBUTES = ("_request_count", "_messages", "_upgraded", "_waiter", "_force_close", "_close", "_loop")

@@ -44,7 +44,7 @@ def test_a_missing_internal_is_named_and_stops_the_proxy_from_starting(monkeypat
     owner = next(cls for cls in RequestHandler.__mro__ if "_upgraded" in vars(cls))
     monkeypatch.delattr(owner, "_upgraded")
     assert aiohttp_private.missing_internals() == ["aiohttp.web_protocol.RequestHandler._upgraded"]
-    with pytest.raises(RuntimeError, match=r"RequestHandler\._upgraded.*install aiohttp>=3\.14,<3\.15"):
+    with pytest.raises(RuntimeError, match=r"RequestHandler\._upgraded.*install aiohttp>=3\.14\.4,<3\.15"):
         ProxyServer(lambda request: None, limits=ParserLimits(8190, 8190, 100, 10.0), on_rejected=lambda *a: None)
 
 
