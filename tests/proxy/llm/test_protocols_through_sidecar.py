@@ -82,11 +82,13 @@ async def test_model_call_is_read_from_the_wire(demo: DemoProcess, make_sidecar:
     if stream:
         assert call.content_chunks >= 11  # a token ending a multi-byte character may carry no text
         # The sidecar's first-token time against the demo server's own record of
-        # writing it. A systematic error (timing the role chunk or the headers
-        # instead of the first token) is off by a forward pass, about one token
-        # interval, in every one of five calls; scheduling stalls on a busy
-        # machine hit single calls and stretch the token interval with them, so
-        # the median is held to half an interval, measured in the same calls.
+        # writing it. Timing the role chunk or the headers instead of the first
+        # token reads it early, by a forward pass (about one token interval), in
+        # every one of five calls. Reading it late is the machine: a busy one
+        # delays the chunk's arrival by milliseconds. So the median may not be
+        # early by half an interval (measured in the same calls), and lateness is
+        # bounded only well below the stream's length, where timing the end of
+        # the answer would land.
         calls = sidecar.exchanges[1:]
         offsets = [
             exchange.started_at + exchange.gen_ai.time_to_first_token_s - demo.first_token_sent_at(exchange.request_id)
@@ -95,7 +97,8 @@ async def test_model_call_is_read_from_the_wire(demo: DemoProcess, make_sidecar:
         interval = statistics.median(exchange.gen_ai.time_per_output_token_s for exchange in calls)
         report = ", ".join(f"{offset * 1000:.2f}" for offset in offsets) + f" ms (token interval {interval * 1000:.2f} ms)"
         print(f"{name}: first-token offsets vs the demo server: {report}")
-        assert abs(statistics.median(offsets)) < max(0.002, interval / 2), report
+        assert statistics.median(offsets) > -max(0.002, interval / 2), report
+        assert statistics.median(offsets) < 0.05, report
         assert 0 < call.time_per_output_token_s < call.time_to_first_token_s + 1
     else:
         assert call.time_to_first_token_s is None
